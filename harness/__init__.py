@@ -1,0 +1,5 @@
+"""Virtual-cluster test harness for GPU clusters."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

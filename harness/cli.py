@@ -1,0 +1,319 @@
+"""The `harness` command. The one place that prints, sets up logging and turns errors into exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.logging import RichHandler
+from rich.table import Table
+
+from harness import __version__, box, host, lifecycle
+from harness.errors import HarnessError, Interrupted, SpecError
+from harness.paths import scenario_search_dirs
+from harness.spec import Scenario, load_scenario
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+EXIT_CODES = """\b
+Exit codes:
+  0  success                    10  up failed (Vagrant/libvirt)
+  1  other failure              11  provision failed
+  2  bad input (scenario, args) 12  idempotence failed
+  3  host not ready (packages,  13  verify failed
+     box, memory, GPUs)         14  destroy left something behind
+ 130 interrupted"""
+
+
+def _sigterm(_signum: int, _frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+class HarnessGroup(click.Group):
+    """Maps HarnessError subclasses to exit codes, in one place."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        signal.signal(signal.SIGTERM, _sigterm)
+        try:
+            return super().invoke(ctx)
+        except SpecError as exc:
+            err.print(f"[bold red]error:[/] {exc.source}:", highlight=False, markup=True)
+            for p in exc.problems:
+                err.print(f"  - {p}", highlight=False, markup=False)
+            ctx.exit(exc.exit_code)
+        except Interrupted as exc:
+            err.print(f"[yellow]{exc}[/]", highlight=False)
+            ctx.exit(exc.exit_code)
+        except HarnessError as exc:
+            err.print("[bold red]error:[/] ", end="", highlight=False)
+            err.print(str(exc), highlight=False, markup=False)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            ctx.exit(130)
+
+
+def _load(ref: str) -> Scenario:
+    return load_scenario(ref, scenario_search_dirs())
+
+
+@click.group(cls=HarnessGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="harness")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """Rehearse GPU-cluster provisioning on a virtual copy: scenario → VMs → Ansible → tests.
+
+    SCENARIO arguments take a path to a YAML file or a name under scenarios/.
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)])
+
+
+@main.command()
+@click.argument("scenario")
+def validate(scenario: str) -> None:
+    """Check a scenario file; report every problem with its key path (exit 2 if any)."""
+    sc = _load(scenario)
+    nodes = sc.expanded_nodes()
+    out.print(f"{sc.source}: ok — scenario {sc.name!r}, {len(nodes)} node(s): {', '.join(n.name for n in nodes)}")
+
+
+@main.command()
+@click.argument("scenario")
+def render(scenario: str) -> None:
+    """Print the Vagrantfile a run of SCENARIO gets (with placeholder run id and subnets)."""
+    click.echo(lifecycle.rendered(_load(scenario)), nl=False)
+
+
+class _UpProgress:
+    """Per-node progress: a live table on a terminal, timestamped lines otherwise."""
+
+    def __init__(self, nodes: list[str]) -> None:
+        self.started = time.monotonic()
+        self.nodes = {n: "waiting" for n in nodes}
+        self.live: Live | None = None
+
+    def _table(self) -> Table:
+        t = Table(title=f"up — {time.monotonic() - self.started:.0f}s", show_edge=False)
+        t.add_column("node")
+        t.add_column("progress", overflow="ellipsis", no_wrap=True, max_width=90)
+        for n, msg in self.nodes.items():
+            t.add_row(n, msg)
+        return t
+
+    def __call__(self, who: str, msg: str) -> None:
+        if who in self.nodes:
+            self.nodes[who] = msg
+            if self.live is not None:
+                self.live.update(self._table())
+                return
+        err.print(f"[dim]{time.monotonic() - self.started:6.1f}s[/] [bold]{who}[/] {msg}", highlight=False, markup=True)
+
+    @contextmanager
+    def shown(self) -> Iterator[_UpProgress]:
+        if err.is_terminal:
+            with Live(self._table(), console=err, refresh_per_second=4) as live:
+                self.live = live
+                yield self
+                self.live = None
+        else:
+            yield self
+
+
+def _bring_up(sc: Scenario) -> lifecycle.RunState:
+    progress = _UpProgress([n.name for n in sc.expanded_nodes()])
+    with progress.shown():
+        run = lifecycle.up(sc, progress)
+    err.print(f"[green]up[/] {sc.name}: {len(run.nodes)} node(s) in {time.monotonic() - progress.started:.0f}s; run dir {run.path}")
+    return run
+
+
+@main.command()
+@click.argument("scenario")
+def up(scenario: str) -> None:
+    """Bring SCENARIO's cluster up (nodes boot in parallel) and leave it running."""
+    sc = _load(scenario)
+    run = _bring_up(sc)
+    out.print(f"ssh to a node: harness ssh {scenario} {run.nodes[0]}    tear down: harness destroy {scenario}")
+
+
+@main.command()
+@click.argument("scenario")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(scenario: str, as_json: bool) -> None:
+    """Show SCENARIO's nodes and their state, straight from libvirt."""
+    sc = _load(scenario)
+    run, doms = lifecycle.status(sc)
+    if as_json:
+        click.echo(json.dumps({
+            "scenario": sc.name, "run_id": run.run_id if run else None, "state": run.state if run else "absent",
+            "nodes": [{"name": d.name, "state": d.state, "memory_mib": d.memory_mib, "vcpus": d.vcpus} for d in doms],
+        }, indent=2))
+        return
+    if run is None:
+        out.print(f"{sc.name}: no cluster up")
+        return
+    t = Table(title=f"{sc.name} — run {run.run_id} ({run.state})")
+    for col in ("node", "domain", "state", "private ip", "vcpus", "memory"):
+        t.add_column(col)
+    by_domain = {d.name: d for d in doms}
+    for node in run.nodes:
+        d = by_domain.get(f"{run.prefix}-{node}")
+        t.add_row(node, d.name if d else "-", d.state if d else "missing", run.private_ips.get(node, "-"),
+                  str(d.vcpus) if d else "-", f"{d.memory_mib} MiB" if d else "-")
+    out.print(t)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("scenario")
+@click.argument("node")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def ssh(scenario: str, node: str, command: tuple[str, ...]) -> None:
+    """Open a shell on NODE, or run COMMAND there (`harness ssh smoke mgmt01 -- uptime`)."""
+    argv = lifecycle.ssh_argv(_load(scenario), node, list(command))
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
+
+
+@main.command()
+@click.argument("scenario")
+def destroy(scenario: str) -> None:
+    """Tear down SCENARIO's cluster: domains, volumes and networks."""
+    run = lifecycle.destroy(_load(scenario))
+    err.print(f"[green]destroyed[/] run {run.run_id}")
+
+
+@main.command()
+def gc() -> None:
+    """Remove libvirt objects left by dead harness runs (never a live run's, never anything else)."""
+    result = lifecycle.gc()
+    for run_id, what in result.removed.items():
+        out.print(f"removed run {run_id}: {what}")
+    if result.kept:
+        out.print(f"left alone (live): {', '.join(result.kept)}")
+    if not result.removed:
+        out.print("nothing to collect")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--scenario", "scenario_ref", default=None, help="Check free memory and disk against this scenario.")
+def doctor(as_json: bool, scenario_ref: str | None) -> None:
+    """Report whether this host can run clusters: libvirt, Vagrant, memory, disk, IOMMU, KVM/TCG."""
+    from harness.doctor import run_doctor
+
+    sc = _load(scenario_ref) if scenario_ref else None
+    report = run_doctor(sc)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        t = Table(title="harness doctor")
+        for col in ("check", "", "value", "hint"):
+            t.add_column(col, overflow="fold")
+        for c in report.checks:
+            t.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAIL[/]", c.value, c.hint)
+        out.print(t)
+        out.print(f"VMs will run under: [bold]{report.accelerator}[/]")
+    sys.exit(0 if report.ok else 1)
+
+
+@main.group("host")
+def host_group() -> None:
+    """Prepare this host."""
+
+
+@host_group.command("setup")
+def host_setup() -> None:
+    """Install host packages (apt), start virtlogd/libvirtd, make the storage pool. Idempotent."""
+    missing = host.missing_packages()
+    if missing:
+        err.print(f"installing {len(missing)} package(s): {' '.join(missing)}")
+        host.install_packages(missing)
+    else:
+        err.print("host packages: all installed")
+    started = host.start_daemons()
+    err.print(f"daemons: {'started ' + ', '.join(started) if started else 'already running'}")
+    err.print(f"storage pool {host.POOL_NAME!r}: {'created/started' if host.ensure_pool() else 'ok'}")
+    accel = host.host_accelerator()
+    err.print(f"VMs will run under: {accel.reason}")
+
+
+@main.group("box")
+def box_group() -> None:
+    """Build, list and remove the harness's offline Vagrant boxes."""
+
+
+@box_group.command("build")
+@click.argument("recipe", default="debian12")
+@click.option("--force", is_flag=True, help="Rebuild even if a build of this recipe is cached.")
+def box_build(recipe: str, force: bool) -> None:
+    """Build the box from vagrant/boxes/RECIPE with debootstrap and add it to Vagrant."""
+    r = box.load_recipe(recipe)
+    started = time.monotonic()
+
+    def step(msg: str) -> None:
+        err.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {msg}", highlight=False)
+
+    built = box.build_box(r, force=force, on_step=step)
+    step(("using cached build " if built.cached else f"built in {built.seconds:.0f}s: ") + str(built.path))
+    box.register_box(built)
+    step(f"box {r.name} version {built.version} is installed")
+
+
+@box_group.command("list")
+def box_list() -> None:
+    """List installed boxes and the recipes they come from."""
+    t = Table()
+    for col in ("box", "provider", "version", "recipe", "current"):
+        t.add_column(col)
+    recipes = {box.load_recipe(k).name: box.load_recipe(k) for k in box.available_recipes()}
+    for b in box.installed_boxes():
+        r = recipes.get(b.name)
+        t.add_row(b.name, b.provider, b.version, r.key if r else "-", ("yes" if r.version == b.version else "no (rebuild)") if r else "-")
+    for name, r in recipes.items():
+        if not any(b.name == name for b in box.installed_boxes()):
+            t.add_row(name, "libvirt", "-", r.key, f"not built: harness box build {r.key}")
+    out.print(t)
+
+
+@box_group.command("remove")
+@click.argument("name", default="harness/debian12")
+def box_remove(name: str) -> None:
+    """Remove box NAME (every version) from Vagrant and its images from libvirt's pool."""
+    from harness.provider import libvirt as lv
+
+    removed = box.remove_box(name)
+    with lv.connect() as conn:
+        vols = lv.remove_box_volumes(conn, name)
+    out.print(f"removed {len(removed)} version(s) of {name} and {len(vols)} pool volume(s)")
+
+
+def _register_optional(add: Callable[[], None]) -> None:
+    try:
+        add()
+    except ImportError:  # pragma: no cover - a module still being written
+        pass
+
+
+def _add_gpus() -> None:
+    from harness.cli_gpus import gpus
+
+    main.add_command(gpus)
+
+
+_register_optional(_add_gpus)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,145 @@
+"""Running external commands: argv lists in, CommandResult out. The caller decides what is an error."""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    rc: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    def describe(self) -> str:
+        """One paragraph for an error message: the command, its code and the tail of stderr."""
+        tail = (self.stderr or self.stdout).strip().splitlines()[-15:]
+        joined = "\n    ".join(tail)
+        return f"`{' '.join(self.argv)}` exited {self.rc}" + (f":\n    {joined}" if tail else "")
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    input_text: str | None = None,
+) -> CommandResult:
+    """Run argv to completion and capture its output. Never raises for a non-zero exit."""
+    full_env = {**os.environ, **env} if env else None
+    started = time.monotonic()
+    log.debug("run: %s", " ".join(argv))
+    try:
+        cp = subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=full_env,
+            cwd=cwd,
+            input=input_text,
+            check=False,
+        )
+    except FileNotFoundError:
+        return CommandResult(tuple(argv), 127, "", f"{argv[0]}: command not found", 0.0)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        return CommandResult(tuple(argv), 124, out, err + f"\ntimed out after {timeout}s", time.monotonic() - started)
+    return CommandResult(tuple(argv), cp.returncode, cp.stdout, cp.stderr, time.monotonic() - started)
+
+
+def run_logged(
+    argv: Sequence[str],
+    logfile: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> CommandResult:
+    """Run argv, appending its combined output to logfile line by line (and to on_line)."""
+    full_env = {**os.environ, **env} if env else None
+    started = time.monotonic()
+    tail: list[str] = []
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    with logfile.open("a", encoding="utf-8") as fh:
+        fh.write(f"$ {' '.join(argv)}\n")
+        fh.flush()
+        try:
+            proc = subprocess.Popen(
+                list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, cwd=cwd
+            )
+        except FileNotFoundError:
+            return CommandResult(tuple(argv), 127, "", f"{argv[0]}: command not found", 0.0)
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                fh.write(line)
+                fh.flush()
+                tail.append(line)
+                del tail[:-200]
+                if on_line is not None:
+                    on_line(line.rstrip("\n"))
+            rc = proc.wait()
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    text = "".join(tail)
+    return CommandResult(tuple(argv), rc, text, text if rc else "", time.monotonic() - started)
+
+
+def run_until(argv: Sequence[str], marker: str, timeout: float) -> CommandResult:
+    """Run argv until `marker` shows on stdout (rc 0; the process is then stopped) or it exits or times out."""
+    started = time.monotonic()
+    try:
+        p = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except FileNotFoundError:
+        return CommandResult(tuple(argv), 127, "", f"{argv[0]}: command not found", 0.0)
+    sel = selectors.DefaultSelector()
+    assert p.stdout is not None and p.stderr is not None
+    sel.register(p.stdout, selectors.EVENT_READ, "out")
+    sel.register(p.stderr, selectors.EVENT_READ, "err")
+    buf = {"out": "", "err": ""}
+    rc: int | None = None
+    try:
+        while sel.get_map():
+            remaining = timeout - (time.monotonic() - started)
+            if remaining <= 0:
+                rc = 124
+                break
+            for key, _ in sel.select(remaining):
+                chunk = os.read(key.fileobj.fileno(), 4096).decode(errors="replace")  # type: ignore[union-attr]
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                buf[key.data] += chunk
+            if marker in buf["out"]:
+                rc = 0
+                break
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        sel.close()
+    if rc is None:
+        rc = p.returncode
+    return CommandResult(tuple(argv), rc, buf["out"], buf["err"], time.monotonic() - started)

@@ -1,0 +1,1 @@
+"""Providers: the code that talks to a hypervisor directly."""

@@ -1,0 +1,146 @@
+"""Rendering the Vagrantfile: a fully resolved view model in, text out. The template only loops."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from harness import __version__
+from harness.host import Accelerator
+from harness.paths import TEMPLATES_DIR
+from harness.spec import Node, Scenario
+
+
+@dataclass(frozen=True)
+class PciFunction:
+    domain: str  # 4 hex digits
+    bus: str  # 2 hex digits
+    slot: str  # 2 hex digits
+    function: str  # 1 hex digit
+
+    @classmethod
+    def from_address(cls, address: str) -> PciFunction:
+        dom, bus, rest = address.split(":")
+        slot, fn = rest.split(".")
+        return cls(dom, bus, slot, fn)
+
+
+@dataclass(frozen=True)
+class NodeView:
+    name: str
+    groups: tuple[str, ...]
+    cpus: int
+    memory: int
+    disk: int
+    private_ip: str
+    hostdevs: tuple[PciFunction, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunView:
+    run_id: str
+    prefix: str
+    scenario: str
+    source: str
+    box: str
+    driver: str
+    cpu_mode: str
+    cpu_model: str | None
+    accel_reason: str
+    mgmt_network: str
+    mgmt_subnet: str
+    private_network: str
+    private_subnet: str
+    run_dir: str
+    pool: str = "default"
+    synced_folders: bool = False
+    boot_timeout: int = 600
+    harness_version: str = __version__
+
+    @property
+    def private_netmask(self) -> str:
+        import ipaddress
+
+        return str(ipaddress.IPv4Network(self.private_subnet).netmask)
+
+    @property
+    def description(self) -> str:
+        return f"harness run {self.run_id}"
+
+
+@dataclass(frozen=True)
+class VagrantfileView:
+    run: RunView
+    nodes: tuple[NodeView, ...] = field(default_factory=tuple)
+
+
+def private_ips(subnet: ipaddress.IPv4Network, nodes: Sequence[Node]) -> dict[str, str]:
+    """Node addresses on the private network: .1 is the host, nodes from .11 (or .2 on small nets)."""
+    hosts = list(subnet.hosts())
+    start = 10 if len(hosts) > 10 + len(nodes) else 1
+    return {n.name: str(hosts[start + i]) for i, n in enumerate(nodes)}
+
+
+def build_view(
+    scenario: Scenario,
+    *,
+    run_id: str,
+    prefix: str,
+    run_dir: Path,
+    accel: Accelerator,
+    mgmt_subnet: ipaddress.IPv4Network,
+    private_subnet: ipaddress.IPv4Network,
+    hostdevs: Mapping[str, Sequence[str]] | None = None,
+) -> VagrantfileView:
+    nodes = scenario.expanded_nodes()
+    ips = private_ips(private_subnet, nodes)
+    devs = hostdevs or {}
+    run = RunView(
+        run_id=run_id,
+        prefix=prefix,
+        scenario=scenario.name,
+        source=str(scenario.source),
+        box=scenario.box,
+        driver=accel.driver,
+        cpu_mode=accel.cpu_mode,
+        cpu_model=accel.cpu_model,
+        accel_reason=accel.reason,
+        mgmt_network=f"{prefix}-mgmt",
+        mgmt_subnet=str(mgmt_subnet),
+        private_network=f"{prefix}-priv",
+        private_subnet=str(private_subnet),
+        run_dir=str(run_dir),
+        synced_folders=scenario.synced_folders,
+    )
+    views = tuple(
+        NodeView(
+            name=n.name,
+            groups=n.groups,
+            cpus=n.cpus,
+            memory=n.memory,
+            disk=n.disk,
+            private_ip=ips[n.name],
+            hostdevs=tuple(PciFunction.from_address(a) for a in devs.get(n.name, ())),
+        )
+        for n in nodes
+    )
+    return VagrantfileView(run=run, nodes=views)
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def render_vagrantfile(view: VagrantfileView) -> str:
+    return _environment().get_template("Vagrantfile.j2").render(run=view.run, nodes=view.nodes)

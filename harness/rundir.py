@@ -1,0 +1,139 @@
+"""Run directories (`.harness/runs/<id>/`) and the host-wide registry that lets `gc` tell live runs
+from dead ones. A run directory holds everything needed to understand a run afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from harness.errors import UsageError
+from harness.paths import runs_root, state_dir
+from harness.spec import Scenario
+
+ACTIVE_STATES = ("creating", "up")
+
+
+@dataclass
+class RunState:
+    run_id: str
+    scenario: str
+    scenario_file: str
+    run_dir: str
+    pid: int
+    state: str  # creating | up | destroying | destroyed | failed
+    created: float = field(default_factory=time.time)
+    accel: str = ""
+    mgmt_subnet: str = ""
+    private_subnet: str = ""
+    private_ips: dict[str, str] = field(default_factory=dict)
+    nodes: list[str] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> str:
+        return f"hx-{self.run_id}"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.run_dir)
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.path / "ssh_config"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.path / "logs"
+
+
+def _registry() -> Path:
+    return state_dir() / "runs"
+
+
+def save(run: RunState) -> None:
+    run.path.mkdir(parents=True, exist_ok=True)
+    tmp = run.path / "state.json.tmp"
+    tmp.write_text(json.dumps(asdict(run), indent=2))
+    tmp.replace(run.path / "state.json")
+    reg = _registry()
+    reg.mkdir(parents=True, exist_ok=True)
+    (reg / f"{run.run_id}.json").write_text(json.dumps({"run_dir": run.run_dir}))
+
+
+def load(run_dir: Path) -> RunState:
+    return RunState(**json.loads((run_dir / "state.json").read_text()))
+
+
+def new_run(scenario: Scenario) -> RunState:
+    run_id = f"{scenario.name}-{secrets.token_hex(3)}"
+    run_dir = (runs_root() / run_id).resolve()
+    run = RunState(
+        run_id=run_id,
+        scenario=scenario.name,
+        scenario_file=str(scenario.source),
+        run_dir=str(run_dir),
+        pid=os.getpid(),
+        state="creating",
+        nodes=[n.name for n in scenario.expanded_nodes()],
+    )
+    run.log_dir.mkdir(parents=True, exist_ok=True)
+    save(run)
+    return run
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_live(run: RunState) -> bool:
+    """A kept cluster (`up`) is live; a run being made is live while its process is."""
+    if run.state == "up":
+        return True
+    if run.state in ("creating", "destroying"):
+        return _pid_alive(run.pid) and run.pid != os.getpid()
+    return False
+
+
+def registered_runs() -> dict[str, RunState | None]:
+    """Every run the registry knows: run id → its state (None when its run directory is gone)."""
+    out: dict[str, RunState | None] = {}
+    reg = _registry()
+    if not reg.is_dir():
+        return out
+    for entry in reg.glob("*.json"):
+        try:
+            run_dir = Path(json.loads(entry.read_text())["run_dir"])
+            out[entry.stem] = load(run_dir)
+        except (OSError, ValueError, KeyError, TypeError):
+            out[entry.stem] = None
+    return out
+
+
+def forget(run_id: str) -> None:
+    (_registry() / f"{run_id}.json").unlink(missing_ok=True)
+
+
+def active_run(scenario: Scenario) -> RunState | None:
+    """The newest run of this scenario file (by source path) that is creating or up."""
+    found = [
+        r
+        for r in registered_runs().values()
+        if r is not None and r.scenario_file == str(scenario.source) and r.state in ACTIVE_STATES
+    ]
+    return max(found, key=lambda r: r.created) if found else None
+
+
+def require_active_run(scenario: Scenario) -> RunState:
+    run = active_run(scenario)
+    if run is None:
+        raise UsageError(f"no cluster of scenario {scenario.name!r} is up: start one with `harness up {scenario.name}`.")
+    return run

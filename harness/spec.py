@@ -1,0 +1,252 @@
+"""The scenario model: one typed, frozen spec, validated once with every problem reported together.
+
+Defaults live here and only here (the field defaults below). Paths in a scenario are relative to
+the scenario file; `load_scenario` resolves them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from harness.errors import SpecError
+
+DEFAULT_BOX = "harness/debian12"
+BUILTIN_GROUPS = ("login", "mgmt", "gpu")
+_HOSTNAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_GROUP = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_PCI = re.compile(r"^(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):(?P<slot>[0-1][0-9a-fA-F])\.(?P<fn>[0-7])$")
+
+
+def normalize_pci_address(value: str) -> str:
+    """`08:00.0` → `0000:08:00.0`; raises ValueError for anything that is not a PCI address."""
+    m = _PCI.match(value.strip())
+    if not m:
+        raise ValueError(f"{value!r} is not a PCI address like 0000:08:00.0")
+    domain = m.group("domain") or "0000"
+    return f"{domain}:{m.group('bus')}:{m.group('slot')}.{m.group('fn')}".lower()
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+GpuRequest = int | Literal["auto"] | list[str]
+
+
+class NodeSpec(_Model):
+    """One entry of `nodes:`; with `count` it stands for several nodes (gpu01, gpu02, ...)."""
+
+    name: str
+    groups: list[str] = Field(default_factory=list)
+    cpus: Annotated[int, Field(ge=1, le=256)] = 1
+    memory: Annotated[int, Field(ge=256, le=2_097_152, description="MiB")] = 1024
+    disk: Annotated[int, Field(ge=4, le=4096, description="GiB")] = 8
+    gpus: GpuRequest = 0
+    count: Annotated[int, Field(ge=1, le=99)] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _HOSTNAME.match(v):
+            raise ValueError("must be a hostname: lowercase letters, digits and '-', starting with a letter")
+        return v
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        bad = [g for g in v if not _GROUP.match(g)]
+        if bad:
+            raise ValueError(f"group names must be lowercase identifiers (letters, digits, '_'): {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError("a group is listed twice")
+        return v
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v: GpuRequest) -> GpuRequest:
+        if isinstance(v, int):
+            if v < 0 or v > 16:
+                raise ValueError("a GPU count must be between 0 and 16")
+            return v
+        if isinstance(v, list):
+            addrs = [normalize_pci_address(a) for a in v]
+            if len(set(addrs)) != len(addrs):
+                raise ValueError("a PCI address is listed twice")
+            return addrs
+        return v
+
+
+class NetworkSpec(_Model):
+    subnet: ipaddress.IPv4Network | None = None
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, v: ipaddress.IPv4Network | None) -> ipaddress.IPv4Network | None:
+        if v is not None:
+            if not v.is_private:
+                raise ValueError("must be a private IPv4 range (10/8, 172.16/12, 192.168/16)")
+            if v.prefixlen > 28:
+                raise ValueError("must be /28 or larger so every node, the host and DHCP fit")
+        return v
+
+
+class ProvisionSpec(_Model):
+    playbook: Path
+    roles_path: list[Path] = Field(default_factory=list)
+    extra_vars: dict[str, Any] = Field(default_factory=dict)
+    idempotence: bool = True
+
+    @field_validator("roles_path", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class Node(_Model):
+    """A single machine after `count` expansion: what the renderer and inventory work from."""
+
+    name: str
+    groups: tuple[str, ...]
+    cpus: int
+    memory: int
+    disk: int
+    gpus: GpuRequest
+
+
+class Scenario(_Model):
+    """A whole scenario file. `source` and `base_dir` are filled in by load_scenario."""
+
+    name: str
+    box: str = DEFAULT_BOX
+    nodes: Annotated[list[NodeSpec], Field(min_length=1)]
+    network: NetworkSpec = NetworkSpec()
+    provision: ProvisionSpec | None = None
+    tests: Path | None = None
+    synced_folders: bool = False
+    source: Path = Path("scenario.yml")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.match(r"^[a-z][a-z0-9-]{0,23}$", v):
+            raise ValueError("must be 1-24 characters: lowercase letters, digits and '-', starting with a letter")
+        return v
+
+    @property
+    def base_dir(self) -> Path:
+        return self.source.parent
+
+    def expanded_nodes(self) -> list[Node]:
+        out: list[Node] = []
+        for spec in self.nodes:
+            names = [spec.name] if spec.count is None else [f"{spec.name}{i:02d}" for i in range(1, spec.count + 1)]
+            for n in names:
+                out.append(
+                    Node(name=n, groups=tuple(spec.groups), cpus=spec.cpus, memory=spec.memory, disk=spec.disk, gpus=spec.gpus)
+                )
+        return out
+
+    def resolve(self, path: Path) -> Path:
+        """A path from the scenario, made absolute against the scenario file's directory."""
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "(top level)"
+
+
+def _pydantic_problems(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        # Drop the union branch names pydantic inserts (e.g. "int", "list[str]") from key paths.
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in {"int", "str"})))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see README 'Scenario reference')"
+        problems.append(f"{_key_path(loc)}: {msg}")
+    return sorted(set(problems), key=problems.index)
+
+
+def _semantic_problems(sc: Scenario) -> list[str]:
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    expanded = 0
+    for i, spec in enumerate(sc.nodes):
+        names = [spec.name] if spec.count is None else [f"{spec.name}{k:02d}" for k in range(1, spec.count + 1)]
+        for n in names:
+            if n in seen:
+                problems.append(f"nodes[{i}].name: node {n!r} is also defined by nodes[{seen[n]}]; names must be unique")
+            seen.setdefault(n, i)
+            expanded += 1
+        if spec.gpus and "gpu" not in spec.groups:
+            problems.append(f"nodes[{i}].gpus: only nodes in group 'gpu' get GPUs; add 'gpu' to groups")
+    if sc.network.subnet is not None and sc.network.subnet.num_addresses - 3 < expanded:
+        problems.append(f"network.subnet: {sc.network.subnet} has room for {sc.network.subnet.num_addresses - 3} nodes, not {expanded}")
+    if sc.provision is not None:
+        pb = sc.resolve(sc.provision.playbook)
+        if not pb.is_file():
+            problems.append(f"provision.playbook: {pb} does not exist")
+        for k, rp in enumerate(sc.provision.roles_path):
+            if not sc.resolve(rp).is_dir():
+                problems.append(f"provision.roles_path[{k}]: {sc.resolve(rp)} is not a directory")
+    if sc.tests is not None and not sc.resolve(sc.tests).is_dir():
+        problems.append(f"tests: {sc.resolve(sc.tests)} is not a directory")
+    return problems
+
+
+def parse_scenario(text: str, source: Path) -> Scenario:
+    """Parse and validate scenario text. Raises SpecError listing every problem."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise SpecError(str(source), [f"YAML syntax error at {where}: {exc.problem}"]) from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(str(source), [f"YAML syntax error: {exc}"]) from exc
+    if not isinstance(data, dict):
+        raise SpecError(str(source), ["(top level): expected a mapping with keys name, nodes, ..."])
+    if "source" in data:
+        raise SpecError(str(source), ["source: unknown key (check the spelling; see README 'Scenario reference')"])
+    try:
+        sc = Scenario.model_validate({**data, "source": source.resolve()})
+    except ValidationError as exc:
+        raise SpecError(str(source), _pydantic_problems(exc)) from None
+    problems = _semantic_problems(sc)
+    if problems:
+        raise SpecError(str(source), problems)
+    return sc
+
+
+def find_scenario(ref: str, search_dirs: list[Path]) -> Path:
+    """A SCENARIO argument: a YAML file, a directory holding scenario.yml, or a name under scenarios/."""
+    p = Path(ref)
+    candidates = [p, p / "scenario.yml", p / "scenario.yaml"]
+    for d in search_dirs:
+        candidates += [d / ref / "scenario.yml", d / ref / "scenario.yaml", d / f"{ref}.yml", d / f"{ref}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    names = sorted({q.parent.name for d in search_dirs if d.is_dir() for q in d.glob("*/scenario.y*ml")})
+    raise SpecError(ref, [f"no such scenario file or name; known names: {', '.join(names) or '(none)'}"])
+
+
+def load_scenario(ref: str, search_dirs: list[Path]) -> Scenario:
+    path = find_scenario(ref, search_dirs)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(str(path), [f"cannot read: {exc.strerror}"]) from exc
+    return parse_scenario(text, path)

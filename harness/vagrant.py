@@ -1,0 +1,136 @@
+"""The Vagrant CLI, driven through python-vagrant, with output streamed to the run's log."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import vagrant as python_vagrant
+
+from harness.errors import ProviderError
+
+log = logging.getLogger(__name__)
+
+_NODE_LINE = re.compile(r"^==> (?P<node>[\w.-]+): (?P<msg>.*)$")
+VAGRANT_ENV = {
+    "VAGRANT_DEFAULT_PROVIDER": "libvirt",
+    "VAGRANT_CHECKPOINT_DISABLE": "1",
+    "VAGRANT_NO_COLOR": "1",
+    "VAGRANT_BOX_UPDATE_CHECK_DISABLE": "1",
+}
+
+
+def parse_progress(line: str) -> tuple[str, str] | None:
+    """`==> gpu01: Creating domain...` → ("gpu01", "Creating domain...")."""
+    m = _NODE_LINE.match(line.strip())
+    return (m.group("node"), m.group("msg")) if m else None
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                kids.append(int(d.name))
+    return kids
+
+
+def kill_descendants(timeout: float = 15.0) -> None:
+    """Stop every process this one started (Vagrant, its ssh and ruby helpers): TERM, then KILL."""
+    pending = set()
+    stack = _children(os.getpid())
+    while stack:
+        pid = stack.pop()
+        pending.add(pid)
+        stack.extend(_children(pid))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pending:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and _is_running(p) for p in pending):
+            time.sleep(0.2)
+        pending = {p for p in pending if Path(f"/proc/{p}").exists() and _is_running(p)}
+        if not pending:
+            return
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    if state == "Z":
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        return False
+    return True
+
+
+class VagrantEnvironment:
+    """One run directory holding a Vagrantfile; every command's output goes to logs/vagrant.log."""
+
+    def __init__(self, root: Path, log_path: Path) -> None:
+        self.root = root
+        self.log_path = log_path
+        self._env = {**os.environ, **VAGRANT_ENV}
+
+    def _client(self) -> python_vagrant.Vagrant:
+        def err_cm() -> object:
+            return self.log_path.open("a")
+
+        return python_vagrant.Vagrant(root=str(self.root), env=self._env, err_cm=err_cm, out_cm=err_cm)
+
+    def up(self, on_progress: Callable[[str, str], None] | None = None) -> None:
+        """`vagrant up` (nodes in parallel); every output line to the log, node lines to on_progress."""
+        client = self._client()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("a") as fh:
+            fh.write("$ vagrant up --provider=libvirt\n")
+            try:
+                for line in client.up(provider="libvirt", stream_output=True):
+                    fh.write(line)
+                    fh.flush()
+                    hit = parse_progress(line)
+                    if hit and on_progress:
+                        on_progress(*hit)
+            except subprocess.CalledProcessError as exc:
+                raise ProviderError(
+                    f"`vagrant up` failed (exit {exc.returncode}): {self._tail()}\nFull log: {self.log_path}"
+                ) from exc
+
+    def ssh_config(self) -> str:
+        try:
+            return str(self._client().ssh_config())
+        except subprocess.CalledProcessError as exc:
+            raise ProviderError(f"`vagrant ssh-config` failed: {self._tail()}\nFull log: {self.log_path}") from exc
+
+    def destroy(self) -> bool:
+        try:
+            self._client().destroy()
+        except subprocess.CalledProcessError:
+            log.warning("`vagrant destroy` failed; removing the run's libvirt objects directly (see %s)", self.log_path)
+            return False
+        return True
+
+    def _tail(self, lines: int = 12) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n    " + "\n    ".join(text[-lines:])

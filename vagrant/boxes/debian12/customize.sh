@@ -1,0 +1,104 @@
+#!/bin/sh
+# Runs inside the box's root filesystem (chroot) after debootstrap.
+# Arguments: $1 = kernel version, $2 = mirror URL, $3 = security mirror URL, $4 = suite.
+# Facts this encodes (see README "Box recipe"): every VM must get its own machine-id and SSH
+# host keys; Vagrant's Debian guest plugin writes ifupdown files, so ifupdown with eth0/eth1;
+# systemctl needs dbus; no default passwords.
+set -eu
+kver=$1 mirror=$2 security=$3 suite=$4
+
+cat > /etc/apt/sources.list <<SOURCES
+deb $mirror $suite main
+deb $mirror $suite-updates main
+deb $security $suite-security main
+SOURCES
+
+echo debian12 > /etc/hostname
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tdebian12\n::1\tlocalhost ip6-localhost ip6-loopback\n' > /etc/hosts
+echo 'LABEL=harnessroot / ext4 errors=remount-ro 0 1' > /etc/fstab
+ln -sf /usr/share/zoneinfo/Etc/UTC /etc/localtime
+echo Etc/UTC > /etc/timezone
+
+cat > /etc/network/interfaces <<'NET'
+auto lo
+iface lo inet loopback
+
+auto eth0
+iface eth0 inet dhcp
+
+source /etc/network/interfaces.d/*
+NET
+mkdir -p /etc/network/interfaces.d
+
+# A fresh machine-id per VM: systemd makes one at first boot when the file is empty.
+: > /etc/machine-id
+rm -f /var/lib/dbus/machine-id
+ln -s /etc/machine-id /var/lib/dbus/machine-id
+
+# Host keys per VM, generated at boot. Debian's unit runs `sshd -t` in ExecStartPre, which fails
+# without keys, so the drop-in clears ExecStartPre first.
+rm -f /etc/ssh/ssh_host_*
+mkdir -p /etc/systemd/system/ssh.service.d
+cat > /etc/systemd/system/ssh.service.d/10-hostkeys.conf <<'UNIT'
+[Service]
+ExecStartPre=
+ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/usr/sbin/sshd -t
+UNIT
+cat > /etc/ssh/sshd_config.d/10-harness.conf <<'SSHD'
+UseDNS no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+SSHD
+
+# Grow the root partition and filesystem to the disk the VM was given.
+cat > /usr/local/sbin/harness-growroot <<'GROW'
+#!/bin/sh
+set -u
+src=$(findmnt -no SOURCE /)
+disk=/dev/$(lsblk -no PKNAME "$src")
+part=$(cat /sys/class/block/$(basename "$src")/partition)
+growpart "$disk" "$part" || true
+resize2fs "$src"
+GROW
+chmod 0755 /usr/local/sbin/harness-growroot
+cat > /etc/systemd/system/harness-growroot.service <<'UNIT'
+[Unit]
+Description=Grow the root filesystem to fill its disk
+After=local-fs.target
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/harness-growroot
+[Install]
+WantedBy=multi-user.target
+UNIT
+systemctl enable harness-growroot.service ssh.service
+
+# The vagrant user: key login only (Vagrant's well-known key, replaced by a per-machine key at
+# the first `vagrant up`), passwordless sudo, no password at all.
+useradd -m -s /bin/bash vagrant
+usermod -p '*' vagrant
+usermod -p '*' root
+install -d -m 0700 -o vagrant -g vagrant /home/vagrant/.ssh
+install -m 0600 -o vagrant -g vagrant /tmp/vagrant.pub /home/vagrant/.ssh/authorized_keys
+rm -f /tmp/vagrant.pub
+echo 'vagrant ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/vagrant
+chmod 0440 /etc/sudoers.d/vagrant
+
+# Serial console for the boot loader, the kernel and a login prompt.
+mkdir -p /boot/extlinux
+cat > /boot/extlinux/extlinux.conf <<BOOT
+SERIAL 0 115200
+DEFAULT debian
+TIMEOUT 1
+PROMPT 0
+LABEL debian
+  KERNEL /boot/vmlinuz-$kver
+  APPEND root=LABEL=harnessroot ro console=tty0 console=ttyS0,115200n8 net.ifnames=0 biosdevname=0 quiet
+  INITRD /boot/initrd.img-$kver
+BOOT
+systemctl enable serial-getty@ttyS0.service
+
+apt-get clean
+rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/*.log /tmp/* /var/tmp/*
