@@ -1,0 +1,223 @@
+"""The Ansible inventory of a live cluster: written once per run, read by Ansible and testinfra alike.
+
+Connection details come from `vagrant ssh-config`; groups and per-node facts (private IP, GPUs,
+CPUs, memory) come from the scenario and the provider. The file is the standard Ansible YAML
+inventory format, so `ansible-inventory -i FILE --list` and testinfra's `ansible://` backend
+both read it unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import ProviderError, SpecError
+from harness.spec import BUILTIN_GROUPS, Node
+
+log = logging.getLogger(__name__)
+
+SSH_COMMON_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes"
+PYTHON_INTERPRETER = "/usr/bin/python3"
+
+
+@dataclass(frozen=True)
+class HostConnection:
+    """How to reach one node over SSH, as `vagrant ssh-config` reports it."""
+
+    name: str
+    host: str
+    port: int
+    user: str
+    private_key: Path
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def _split_option(line: str) -> tuple[str, str]:
+    """`Key value`, `Key=value` or `Key = value` → (lowercased key, value)."""
+    head, _, rest = line.partition(" ")
+    if "=" in head:
+        key, _, value = line.partition("=")
+    elif rest.lstrip().startswith("="):
+        key, value = head, rest.lstrip()[1:]
+    else:
+        key, value = head, rest
+    return key.strip().lower(), _unquote(value)
+
+
+def parse_ssh_config(text: str) -> dict[str, HostConnection]:
+    """Parse `vagrant ssh-config` output into one HostConnection per `Host` block.
+
+    HostName defaults to the host alias and Port to 22; the first IdentityFile wins. A block
+    without User or IdentityFile means Vagrant could not describe the machine: ProviderError.
+    """
+    blocks: list[tuple[str, dict[str, str]]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, value = _split_option(line)
+        if key == "host":
+            blocks.append((value.split()[0] if value.split() else "", {}))
+        elif blocks:
+            blocks[-1][1].setdefault(key, value)
+    out: dict[str, HostConnection] = {}
+    problems: list[str] = []
+    for name, opts in blocks:
+        if not name or name == "*":
+            continue
+        missing = [k for k in ("user", "identityfile") if not opts.get(k)]
+        if missing:
+            problems.append(f"Host {name}: no {' or '.join(missing)} (is the machine running?)")
+            continue
+        try:
+            port = int(opts.get("port", "22"))
+        except ValueError:
+            problems.append(f"Host {name}: Port {opts['port']!r} is not a number")
+            continue
+        key_file = Path(os.path.expanduser(opts["identityfile"]))
+        out[name] = HostConnection(
+            name=name, host=opts.get("hostname", name), port=port, user=opts["user"], private_key=key_file
+        )
+    if problems:
+        raise ProviderError("`vagrant ssh-config` output is incomplete:\n  - " + "\n  - ".join(problems))
+    return out
+
+
+def build_inventory(
+    nodes: Iterable[Node],
+    connections: Mapping[str, HostConnection],
+    private_ips: Mapping[str, str],
+    gpus: Mapping[str, list[str]],
+    extra_groups: Mapping[str, list[str]] | None,
+    cluster_vars: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The inventory dict for a live cluster.
+
+    Every node needs a connection and a private IP (ProviderError otherwise: the cluster is not
+    fully up). Groups are the built-in ones (always present, possibly empty), the groups each
+    node lists, and `extra_groups` (group → node names; unknown names are a SpecError).
+    """
+    nodes = list(nodes)
+    names = [n.name for n in nodes]
+    missing = [n for n in names if n not in connections]
+    no_ip = [n for n in names if n not in private_ips]
+    if missing or no_ip:
+        parts = []
+        if missing:
+            parts.append(f"no SSH details for {', '.join(missing)}")
+        if no_ip:
+            parts.append(f"no private IP for {', '.join(no_ip)}")
+        raise ProviderError("; ".join(parts) + ". Is every machine up? Check `vagrant status` in the run directory.")
+
+    hosts: dict[str, dict[str, Any]] = {}
+    groups: dict[str, dict[str, dict[str, Any]]] = {g: {} for g in BUILTIN_GROUPS}
+    for node in nodes:
+        conn = connections[node.name]
+        hosts[node.name] = {
+            "ansible_host": conn.host,
+            "ansible_port": conn.port,
+            "ansible_user": conn.user,
+            "ansible_ssh_private_key_file": str(conn.private_key),
+            "harness_private_ip": private_ips[node.name],
+            "harness_gpus": list(gpus.get(node.name, [])),
+            "harness_cpus": node.cpus,
+            "harness_memory_mib": node.memory,
+        }
+        for group in node.groups:
+            groups.setdefault(group, {})[node.name] = {}
+
+    problems = []
+    for group, members in (extra_groups or {}).items():
+        unknown = [m for m in members if m not in hosts]
+        if unknown:
+            problems.append(f"group {group!r}: unknown node(s) {', '.join(unknown)}; nodes are {', '.join(names)}")
+        if group in hosts:
+            problems.append(f"group {group!r}: a group cannot have the same name as a node")
+        for member in members:
+            if member in hosts:
+                groups.setdefault(group, {})[member] = {}
+    if problems:
+        raise SpecError("inventory groups", problems)
+
+    all_vars = {
+        **cluster_vars,
+        "ansible_ssh_common_args": SSH_COMMON_ARGS,
+        "ansible_python_interpreter": PYTHON_INTERPRETER,
+    }
+    children = {g: {"hosts": members} for g, members in groups.items()}
+    return {"all": {"vars": all_vars, "hosts": hosts, "children": children}}
+
+
+def write_inventory(inv: Mapping[str, Any], path: Path) -> Path:
+    """Write the inventory as YAML (atomically) and return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "# Written by the harness for this run; Ansible and testinfra both read it.\n"
+    text += yaml.safe_dump(dict(inv), sort_keys=False, default_flow_style=False)
+    fd, tmp = tempfile.mkstemp(prefix=".inventory-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.debug("wrote inventory %s", path)
+    return path
+
+
+def load_inventory(path: Path) -> dict[str, Any]:
+    """Read an inventory written by write_inventory (or any YAML inventory with an `all` group)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SpecError(str(path), [f"cannot read: {exc.strerror}"]) from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(str(path), [f"not valid YAML: {exc}"]) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("all"), dict):
+        raise SpecError(str(path), ["not an Ansible YAML inventory: expected a mapping with an 'all' group"])
+    return data
+
+
+def _group_node(inv: Mapping[str, Any], group: str) -> Mapping[str, Any] | None:
+    """Find a group's mapping anywhere under `all` (groups may nest through `children`)."""
+    stack: list[Mapping[str, Any]] = [inv.get("all") or {}]
+    while stack:
+        node = stack.pop()
+        children = node.get("children") or {}
+        if group in children:
+            found = children[group]
+            return found if isinstance(found, Mapping) else {}
+        stack.extend(c for c in children.values() if isinstance(c, Mapping))
+    return None
+
+
+def _hosts_under(group: Mapping[str, Any]) -> list[str]:
+    out = list((group.get("hosts") or {}).keys())
+    for child in (group.get("children") or {}).values():
+        if isinstance(child, Mapping):
+            out.extend(_hosts_under(child))
+    return out
+
+
+def hosts_in_group(inv: Mapping[str, Any], group: str) -> list[str]:
+    """Host names in `group` (including nested child groups), in inventory order, no duplicates.
+
+    `all` gives every host; an unknown group gives an empty list, as in Ansible.
+    """
+    node = (inv.get("all") or {}) if group == "all" else _group_node(inv, group)
+    if node is None:
+        return []
+    return list(dict.fromkeys(_hosts_under(node)))

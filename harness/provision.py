@@ -1,0 +1,452 @@
+"""Provisioning with ansible-runner: run a playbook, follow its event stream, judge the result.
+
+Every decision (did it converge? is it idempotent?) is taken from ansible-runner's events and the
+final `playbook_on_stats` counts, never from the text Ansible prints. The full log of a run stays
+at `<private_data_dir>/artifacts/<ident>/stdout`, its events under `job_events/`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import shlex
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import ansible_runner
+
+from harness.errors import IdempotenceError, Interrupted, ProvisionError
+from harness.report import Failure, mask_secrets, redact, secret_values
+
+log = logging.getLogger(__name__)
+
+Event = Mapping[str, Any]
+_DONE_EVENTS = {"runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped"}
+_TASK_START = {"playbook_on_task_start", "playbook_on_handler_task_start"}
+_DIFF_LINES = 40
+_MESSAGE_LINES = 20
+
+
+@dataclass
+class ProvisionOptions:
+    private_data_dir: Path
+    playbook: Path
+    inventory: Path
+    roles_path: list[Path]
+    extra_vars: Mapping[str, Any]
+    ident: str
+    ssh_config: Path | None = None
+
+
+@dataclass(frozen=True)
+class HostStats:
+    ok: int = 0
+    changed: int = 0
+    failures: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+    ignored: int = 0
+    rescued: int = 0
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    host: str
+    task: str
+    role: str | None
+    action: str
+    message: str
+    path_to_log: Path
+
+
+@dataclass(frozen=True)
+class TaskChange:
+    host: str
+    task: str
+    role: str | None
+    diff: str | None
+
+
+class TaskDuration(NamedTuple):
+    task: str
+    host: str
+    seconds: float
+
+
+@dataclass
+class ProvisionResult:
+    rc: int
+    status: str
+    stats: dict[str, HostStats]
+    failures: list[TaskFailure] = field(default_factory=list)
+    changed: list[TaskChange] = field(default_factory=list)
+    task_durations: list[TaskDuration] = field(default_factory=list)
+    log_path: Path = Path("stdout")
+
+    @property
+    def ok(self) -> bool:
+        bad = any(s.failures or s.unreachable for s in self.stats.values())
+        return self.rc == 0 and self.status == "successful" and not self.failures and not bad
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot for a progress display: the running task and how far the hosts got."""
+
+    play: str | None
+    task: str | None
+    hosts_done: int
+    hosts_failed: int
+    tasks_started: int
+    elapsed: float
+    finished: bool
+
+
+def task_label(task: str, role: str | None) -> str:
+    """`role : task`, as Ansible prints it."""
+    return f"{role} : {task}" if role else task
+
+
+class ProgressTracker:
+    """Consumes ansible-runner events and keeps the current task and per-host counts.
+
+    hosts_done counts hosts that finished the current task; hosts_failed counts hosts that failed
+    (ignore_errors excluded) or were unreachable anywhere in the run.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._started = clock()
+        self.play: str | None = None
+        self.current_task: str | None = None
+        self.tasks_started = 0
+        self.finished = False
+        self._done: set[str] = set()
+        self._failed: set[str] = set()
+
+    @property
+    def hosts_done(self) -> int:
+        return len(self._done)
+
+    @property
+    def hosts_failed(self) -> int:
+        return len(self._failed)
+
+    @property
+    def elapsed(self) -> float:
+        return self._clock() - self._started
+
+    def feed(self, event: Event) -> bool:
+        """Take one event; True when the progress changed (worth redrawing)."""
+        kind = event.get("event", "")
+        data = event.get("event_data") or {}
+        if kind == "playbook_on_play_start":
+            self.play = data.get("play") or data.get("name")
+            return True
+        if kind in _TASK_START:
+            self.current_task = task_label(data.get("task") or data.get("name") or "", data.get("role"))
+            self.tasks_started += 1
+            self._done.clear()
+            return True
+        if kind in _DONE_EVENTS and data.get("host"):
+            self._done.add(data["host"])
+            if kind == "runner_on_unreachable" or (kind == "runner_on_failed" and not data.get("ignore_errors")):
+                self._failed.add(data["host"])
+            return True
+        if kind == "playbook_on_stats":
+            self.finished = True
+            return True
+        return False
+
+    def snapshot(self) -> Progress:
+        done, failed = self.hosts_done, self.hosts_failed
+        return Progress(self.play, self.current_task, done, failed, self.tasks_started, self.elapsed, self.finished)
+
+
+def _tail(text: str, lines: int = _MESSAGE_LINES) -> str:
+    rows = text.rstrip().splitlines()
+    if len(rows) <= lines:
+        return "\n".join(rows)
+    return f"... ({len(rows) - lines} earlier lines)\n" + "\n".join(rows[-lines:])
+
+
+def _res_message(res: Mapping[str, Any]) -> str:
+    """msg, then stderr/stdout (or the module's raw output when it crashed); censored stays censored."""
+    if "censored" in res:
+        return str(res["censored"])
+    parts = [str(res["msg"]).strip()] if str(res.get("msg") or "").strip() else []
+    for key in ("stderr", "module_stderr", "stdout", "module_stdout"):
+        value = str(res.get(key) or "").strip()
+        if value and value not in parts:
+            parts.append(f"{key}:\n{_tail(value)}")
+            if key in ("stderr", "module_stderr"):
+                break
+    for item in res.get("results") or []:
+        if isinstance(item, Mapping) and item.get("failed"):
+            label = item.get("_ansible_item_label", item.get("item", "?"))
+            parts.append(f"item {json.dumps(label, default=str)}: {_res_message(item)}")
+    return "\n".join(parts) or "(the module gave no message)"
+
+
+def _render_side(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return value.splitlines(keepends=True)
+    if isinstance(value, Mapping):
+        return [f"{k}: {json.dumps(v, default=str)}\n" for k, v in sorted(value.items())]
+    return [json.dumps(value, default=str) + "\n"]
+
+
+def render_diff(diff: Any, limit: int = _DIFF_LINES) -> str | None:
+    """Ansible's `diff` result (one dict or a list) as a short unified diff; None when empty."""
+    items = diff if isinstance(diff, list) else [diff]
+    chunks: list[str] = []
+    for item in items:
+        if not isinstance(item, Mapping):
+            continue
+        if item.get("prepared"):
+            chunks.append(str(item["prepared"]).rstrip("\n"))
+            continue
+        before, after = _render_side(item.get("before")), _render_side(item.get("after"))
+        fromfile = str(item.get("before_header") or "before")
+        tofile = str(item.get("after_header") or "after")
+        lines = list(difflib.unified_diff(before, after, fromfile=fromfile, tofile=tofile))
+        if lines:
+            chunks.append("".join(line if line.endswith("\n") else line + "\n" for line in lines).rstrip("\n"))
+    if not chunks:
+        return None
+    rows = "\n".join(chunks).splitlines()
+    if len(rows) > limit:
+        rows = [*rows[:limit], f"... ({len(rows) - limit} more lines)"]
+    return "\n".join(rows)
+
+
+def _duration(data: Mapping[str, Any]) -> float | None:
+    if isinstance(data.get("duration"), (int, float)):
+        return float(data["duration"])
+    try:
+        start = datetime.fromisoformat(str(data["start"]))
+        end = datetime.fromisoformat(str(data["end"]))
+    except (KeyError, ValueError):
+        return None
+    return (end - start).total_seconds()
+
+
+def _stats(data: Mapping[str, Any]) -> dict[str, HostStats]:
+    fields = {"ok": "ok", "changed": "changed", "failures": "failures", "dark": "unreachable",
+              "skipped": "skipped", "ignored": "ignored", "rescued": "rescued"}  # fmt: skip
+    hosts: set[str] = set()
+    for key in (*fields, "processed"):
+        hosts.update((data.get(key) or {}).keys())
+    return {
+        h: HostStats(**{ours: int((data.get(theirs) or {}).get(h, 0)) for theirs, ours in fields.items()})
+        for h in sorted(hosts)
+    }
+
+
+def result_from_events(
+    events: Iterable[Event], rc: int, status: str, log_path: Path, secrets: Iterable[str] = ()
+) -> ProvisionResult:
+    """Build a ProvisionResult from ansible-runner events (live or read back from job_events)."""
+    secrets = list(secrets)
+    stats: dict[str, HostStats] = {}
+    failures: list[TaskFailure] = []
+    changed: list[TaskChange] = []
+    durations: list[TaskDuration] = []
+    for event in sorted(events, key=lambda e: int(e.get("counter", 0))):
+        kind = event.get("event", "")
+        data = event.get("event_data") or {}
+        if kind == "playbook_on_stats":
+            stats = _stats(data)
+            continue
+        if kind not in _DONE_EVENTS:
+            continue
+        host, task, role = str(data.get("host", "?")), str(data.get("task", "?")), data.get("role")
+        raw = data.get("res")
+        res: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+        seconds = _duration(data)
+        if seconds is not None:
+            durations.append(TaskDuration(task_label(task, role), host, seconds))
+        if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+            message = mask_secrets(_res_message(res), secrets)
+            if kind == "runner_on_unreachable":
+                message = f"unreachable: {message}"
+            action = str(data.get("task_action") or data.get("resolved_action") or "?")
+            failures.append(TaskFailure(host, task, role, action, message, log_path))
+        elif kind == "runner_on_ok" and res.get("changed"):
+            diff = render_diff(res.get("diff")) if "diff" in res else None
+            if diff is None:
+                item_diffs = [render_diff(i.get("diff")) for i in res.get("results") or [] if isinstance(i, Mapping)]
+                diff = "\n".join(d for d in item_diffs if d) or None
+            changed.append(TaskChange(host, task, role, mask_secrets(diff, secrets) if diff else None))
+    if stats:
+        # A failure inside a block that a `rescue` handled leaves the host with zero failures.
+        failures = [f for f in failures if stats.get(f.host, HostStats(failures=1)).failures
+                    or stats.get(f.host, HostStats()).unreachable]  # fmt: skip
+    return ProvisionResult(int(rc), str(status), stats, failures, changed, durations, log_path)
+
+
+def load_events(artifact_dir: Path) -> list[dict[str, Any]]:
+    """Read back the events of a finished run from `<artifact_dir>/job_events/*.json`."""
+    events = [json.loads(p.read_text(encoding="utf-8")) for p in (artifact_dir / "job_events").glob("*.json")]
+    return sorted(events, key=lambda e: int(e.get("counter", 0)))
+
+
+def new_ident(phase: str) -> str:
+    """A unique ansible-runner ident, e.g. `provision-20250101T120000-1a2b3c`."""
+    return f"{phase}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def _envvars(opts: ProvisionOptions) -> dict[str, str]:
+    ssh_args = "-o ControlMaster=auto -o ControlPersist=60s" + (
+        f" -F {shlex.quote(str(opts.ssh_config))}" if opts.ssh_config else ""
+    )
+    return {
+        "ANSIBLE_ROLES_PATH": ":".join(str(p.resolve()) for p in opts.roles_path),
+        "ANSIBLE_HOST_KEY_CHECKING": "False",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_NOCOLOR": "True",
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_SSH_ARGS": ssh_args,
+    }
+
+
+def run_playbook(opts: ProvisionOptions, on_progress: Callable[[Progress], None] | None = None) -> ProvisionResult:
+    """Run opts.playbook with ansible-runner and return what happened. A failed play is a result,
+    not an exception; use check_converged / check_idempotent to judge it. Raises ProvisionError
+    when the run cannot start, Interrupted when it was cancelled (Ctrl-C, SIGTERM)."""
+    playbook = opts.playbook.resolve()
+    private = opts.private_data_dir.resolve()
+    if not playbook.is_file():
+        raise ProvisionError(f"playbook {playbook} does not exist; check provision.playbook in the scenario")
+    artifact_dir = private / "artifacts" / opts.ident
+    if artifact_dir.exists():
+        raise ProvisionError(
+            f"{artifact_dir} already exists; every ansible-runner run needs a new ident (see new_ident)"
+        )
+    private.mkdir(parents=True, exist_ok=True)
+    # ansible-runner writes env/* once and keeps stale copies; rewrite them so each run gets its
+    # own values and the extra vars never land on the command line (artifacts/<ident>/command).
+    for name in ("envvars", "extravars", "settings"):
+        (private / "env" / name).unlink(missing_ok=True)
+    log_path = artifact_dir / "stdout"
+    secrets = secret_values(opts.extra_vars)
+    log.info("running %s (ident %s), log: %s", playbook.name, opts.ident, log_path)
+    log.debug("extra vars (secrets dropped): %s", json.dumps(redact(opts.extra_vars), default=str))
+
+    events: list[Event] = []
+    tracker = ProgressTracker()
+
+    def handle(event: dict[str, Any]) -> bool:
+        events.append(event)
+        if tracker.feed(event):
+            if event.get("event") in _TASK_START:
+                log.debug("task: %s", tracker.current_task)
+            if on_progress is not None:
+                try:
+                    on_progress(tracker.snapshot())
+                except Exception:  # a broken progress display must not break provisioning
+                    log.exception("progress callback failed")
+        return True  # keep the event in job_events/
+
+    # ansible-runner swaps in its own SIGINT/SIGTERM handlers (to cancel the run) and never puts ours back.
+    main = threading.current_thread() is threading.main_thread()
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        runner = ansible_runner.run(
+            private_data_dir=str(private),
+            playbook=str(playbook),
+            inventory=str(opts.inventory.resolve()),
+            ident=opts.ident,
+            extravars=dict(opts.extra_vars),
+            envvars=_envvars(opts),
+            event_handler=handle,
+            quiet=True,
+            settings={"suppress_ansible_output": True},
+        )
+    except Exception as exc:
+        raise ProvisionError(f"ansible-runner could not run {playbook}: {exc}") from exc
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    if runner.status == "canceled":
+        raise Interrupted(f"provisioning was interrupted; partial log: {log_path}")
+    result = result_from_events(events, runner.rc if runner.rc is not None else -1, runner.status, log_path, secrets)
+    log.info("%s finished: %s (rc %s) in %.1fs", playbook.name, result.status, result.rc, tracker.elapsed)
+    return result
+
+
+def _indent(text: str, prefix: str = "      ") -> str:
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+def check_converged(result: ProvisionResult) -> None:
+    """Raise ProvisionError naming every failed task (host, task, module message) and the log."""
+    if result.ok:
+        return
+    hosts = sorted({f.host for f in result.failures})
+    if result.failures:
+        head = (
+            f"provisioning failed on {len(hosts)} host(s): {', '.join(hosts)} (status {result.status}, rc {result.rc})"
+        )
+        body = "\n".join(
+            f"  - {f.host}: task '{task_label(f.task, f.role)}' ({f.action}) failed:\n{_indent(f.message)}"
+            for f in result.failures
+        )
+    else:
+        head = f"ansible-playbook ended with status {result.status}, rc {result.rc}, without a failed task"
+        try:
+            tail = _tail(result.log_path.read_text(encoding="utf-8", errors="replace"), 15)
+        except OSError:
+            tail = "(log not readable)"
+        body = "  the end of the log says:\n" + _indent(tail, "    ")
+    raise ProvisionError(f"{head}\n{body}\nFull log: {result.log_path}")
+
+
+def check_idempotent(result: ProvisionResult) -> None:
+    """Raise IdempotenceError unless every host reported zero changed tasks on this converge.
+
+    A second converge that fails outright raises ProvisionError (via check_converged)."""
+    check_converged(result)
+    counts = {h: s.changed for h, s in result.stats.items() if s.changed}
+    if not counts and not result.changed:
+        return
+    lines = []
+    for c in result.changed:
+        lines.append(
+            f"  - {c.host}: task '{task_label(c.task, c.role)}' changed" + (":" if c.diff else " (no diff given)")
+        )
+        if c.diff:
+            lines.append(_indent(c.diff))
+    named = {c.host for c in result.changed}
+    for host, n in sorted(counts.items()):
+        if host not in named:
+            lines.append(f"  - {host}: {n} changed task(s) counted, no event names them (see the log)")
+    total = sum(counts.values()) or len(result.changed)
+    hosts = sorted(set(counts) | named)
+    raise IdempotenceError(
+        f"the second converge changed {total} task(s) on {len(hosts)} host(s): {', '.join(hosts)}; "
+        "a converged cluster must report changed=0\n" + "\n".join(lines) + "\n"
+        f"Make these tasks idempotent (changed_when, creates/removes, state checks). Full log: {result.log_path}"
+    )
+
+
+def failures_for_report(result: ProvisionResult) -> list[Failure]:
+    """Failed tasks as report entries."""
+    return [Failure(f"{f.host}: {task_label(f.task, f.role)}", f"{f.action}: {f.message}") for f in result.failures]
+
+
+def changes_for_report(result: ProvisionResult) -> list[Failure]:
+    """Tasks that changed on a converge that should have changed nothing, as report entries."""
+    return [
+        Failure(f"{c.host}: {task_label(c.task, c.role)}", c.diff or "changed (no diff given)") for c in result.changed
+    ]

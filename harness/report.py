@@ -1,0 +1,239 @@
+"""Run reports: summary.json, junit.xml and summary.md, one entry per lifecycle phase.
+
+Secrets never reach a report: `redact` drops every key that looks secret (key, secret, password,
+token) from the metadata, and task results Ansible censored (`no_log`) stay censored because the
+provisioning results carry only what the events carry.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+MASK = "********"
+PHASES = ("up", "provision", "idempotence", "verify", "destroy")
+Status = Literal["passed", "failed", "skipped"]
+
+_SECRET_KEY = re.compile(r"key|secret|password|token", re.IGNORECASE)
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_XML_INVALID = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def is_secret_key(name: str) -> bool:
+    """True for variable names that may hold a secret (api_key, db_password, vault_token...)."""
+    return bool(_SECRET_KEY.search(name))
+
+
+def redact(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of mapping without secret-like keys, at any depth (inside dicts and lists)."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {str(k): clean(v) for k, v in value.items() if not is_secret_key(str(k))}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    result: dict[str, Any] = clean(mapping)
+    return result
+
+
+def secret_values(extra_vars: Mapping[str, Any]) -> list[str]:
+    """String values of secret-like extra vars, to mask should a module echo one back."""
+    found: list[str] = []
+
+    def walk(value: Any, secret: bool) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(v, secret or is_secret_key(str(k)))
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v, secret)
+        elif secret and isinstance(value, (str, int)) and len(str(value)) >= 4:
+            found.append(str(value))
+
+    walk(extra_vars, False)
+    return sorted(set(found), key=len, reverse=True)
+
+
+def mask_secrets(text: str, secrets: Iterable[str]) -> str:
+    """Replace every secret value in text with a mask."""
+    for s in secrets:
+        text = text.replace(s, MASK)
+    return text
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failing task or test: a short name (`node2: Check the scratch disk`) and the details."""
+
+    name: str
+    message: str
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    status: Status
+    seconds: float = 0.0
+    failures: list[Failure] = field(default_factory=list)
+
+
+@dataclass
+class RunReport:
+    scenario: str
+    run_id: str
+    phases: list[PhaseResult] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def phase(self, name: str) -> PhaseResult:
+        for p in self.phases:
+            if p.name == name:
+                return p
+        raise KeyError(
+            f"no phase {name!r} in this report; phases: {', '.join(p.name for p in self.phases) or '(none)'}"
+        )
+
+    def record(self, result: PhaseResult) -> None:
+        """Add a phase result, replacing an earlier one of the same name."""
+        self.phases = [p for p in self.phases if p.name != result.name] + [result]
+
+    @property
+    def status(self) -> Status:
+        return "failed" if any(p.status == "failed" for p in self.all_phases()) else "passed"
+
+    def all_phases(self) -> list[PhaseResult]:
+        """Every standard phase in lifecycle order (those never reached as skipped), then any others."""
+        known = {p.name: p for p in self.phases}
+        out = [known.get(name) or PhaseResult(name, "skipped") for name in PHASES]
+        return out + [p for p in self.phases if p.name not in PHASES]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "run_id": self.run_id,
+            "status": self.status,
+            "phases": {
+                p.name: {
+                    "status": p.status,
+                    "seconds": round(p.seconds, 3),
+                    "failures": [{"name": f.name, "message": f.message} for f in p.failures],
+                }
+                for p in self.all_phases()
+            },
+            "metadata": redact(self.metadata),
+        }
+
+
+def _xml_text(text: str) -> str:
+    return _XML_INVALID.sub("", _ANSI.sub("", text))
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    line = _xml_text(text).strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _junit(report: RunReport) -> ET.ElementTree:
+    suite = ET.Element("testsuite", name=report.scenario)
+    props = ET.SubElement(suite, "properties")
+    ET.SubElement(props, "property", name="run_id", value=report.run_id)
+    tests = failures = skipped = 0
+    total = 0.0
+    for p in report.all_phases():
+        total += p.seconds
+        case = ET.SubElement(suite, "testcase", classname=report.scenario, name=p.name, time=f"{p.seconds:.3f}")
+        tests += 1
+        if p.status == "skipped":
+            ET.SubElement(case, "skipped")
+            skipped += 1
+        elif p.status == "failed":
+            failures += 1
+            summary = f"{len(p.failures)} failure(s)" if p.failures else f"phase {p.name} failed"
+            el = ET.SubElement(case, "failure", message=summary, type="PhaseFailure")
+            el.text = _xml_text("\n".join(f.name for f in p.failures))
+        for f in p.failures:
+            sub = ET.SubElement(
+                suite, "testcase", classname=f"{report.scenario}.{p.name}", name=_xml_text(f.name), time="0.000"
+            )
+            el = ET.SubElement(sub, "failure", message=_first_line(f.message), type=f"{p.name.capitalize()}Failure")
+            el.text = _xml_text(f.message)
+            tests += 1
+            failures += 1
+    attrs = {
+        "tests": str(tests),
+        "failures": str(failures),
+        "errors": "0",
+        "skipped": str(skipped),
+        "time": f"{total:.3f}",
+    }
+    suite.attrib.update(attrs)
+    root = ET.Element("testsuites", {"name": "harness", **attrs})
+    root.append(suite)
+    ET.indent(root)
+    return ET.ElementTree(root)
+
+
+def format_seconds(seconds: float) -> str:
+    """12.3s, 2m 05s, 1h 02m."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _fence(text: str) -> str:
+    ticks = "```"
+    while ticks in text:
+        ticks += "`"
+    return ticks
+
+
+def render_markdown(report: RunReport) -> str:
+    phases = report.all_phases()
+    lines = [
+        f"# {_md_cell(report.scenario)}: {report.status}",
+        "",
+        f"Run `{report.run_id}`.",
+        "",
+        "| Phase | Status | Time | Failures |",
+        "|---|---|---:|---:|",
+    ]
+    for p in phases:
+        lines.append(f"| {_md_cell(p.name)} | {p.status} | {format_seconds(p.seconds)} | {len(p.failures)} |")
+    total = sum(p.seconds for p in phases)
+    lines.append(
+        f"| **total** | **{report.status}** | {format_seconds(total)} | {sum(len(p.failures) for p in phases)} |"
+    )
+    failing = [(p, f) for p in phases for f in p.failures]
+    if failing:
+        lines += ["", "## Failures"]
+        for p, f in failing:
+            body = _ANSI.sub("", f.message).rstrip()
+            fence = _fence(body)
+            lines += ["", f"### {p.name}: {f.name}", "", f"{fence}text", body, fence]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(report: RunReport, directory: Path) -> list[Path]:
+    """Write summary.json, junit.xml and summary.md into directory; return their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    summary = directory / "summary.json"
+    summary.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    junit = directory / "junit.xml"
+    _junit(report).write(junit, encoding="utf-8", xml_declaration=True)
+    markdown = directory / "summary.md"
+    markdown.write_text(render_markdown(report), encoding="utf-8")
+    return [summary, junit, markdown]

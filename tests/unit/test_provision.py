@@ -1,0 +1,295 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness.errors import IdempotenceError, ProvisionError
+from harness.provision import (
+    Progress,
+    ProgressTracker,
+    ProvisionOptions,
+    ProvisionResult,
+    changes_for_report,
+    check_converged,
+    check_idempotent,
+    failures_for_report,
+    load_events,
+    new_ident,
+    render_diff,
+    result_from_events,
+    run_playbook,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ansible"
+LOG = Path("/tmp/harness-run/artifacts/fixture/stdout")
+
+
+def _events(case: str) -> list[dict[str, Any]]:
+    lines = (FIXTURES / case / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _result(case: str, secrets: tuple[str, ...] = ()) -> ProvisionResult:
+    meta = json.loads((FIXTURES / case / "result.json").read_text(encoding="utf-8"))
+    return result_from_events(_events(case), meta["rc"], meta["status"], LOG, secrets)
+
+
+# --- results from recorded events -------------------------------------------------------------
+
+
+def test_first_converge_converges_with_changes() -> None:
+    result = _result("converge_changed")
+
+    assert result.ok
+    assert {h: s.changed for h, s in result.stats.items()} == {"node1": 3, "node2": 3}
+    assert {h: s.ok for h, s in result.stats.items()} == {"node1": 5, "node2": 5}
+    assert sorted({(c.host, c.task) for c in result.changed}) == [
+        (h, t)
+        for h in ("node1", "node2")
+        for t in ("Create the motd directory", "Store the API token", "Write the message of the day")
+    ]
+    assert all(c.role == "motd" for c in result.changed)
+    check_converged(result)
+
+
+def test_changes_carry_rendered_diffs_but_no_log_results_stay_hidden() -> None:
+    changes = {(c.host, c.task): c for c in _result("converge_changed").changed}
+
+    copy = changes[("node1", "Write the message of the day")]
+    assert copy.diff is not None
+    assert "+++ /tmp/harness-fixture/node1/motd" in copy.diff
+    assert "+Welcome to the fixture cluster" in copy.diff
+    directory = changes[("node1", "Create the motd directory")].diff
+    assert directory is not None and '-state: "absent"' in directory and '+state: "directory"' in directory
+    assert changes[("node1", "Store the API token")].diff is None
+    assert "fixture-token" not in json.dumps([c.__dict__ for c in changes.values()], default=str)
+
+
+def test_first_converge_is_not_idempotent() -> None:
+    with pytest.raises(IdempotenceError):
+        check_idempotent(_result("converge_changed"))
+
+
+def test_second_converge_without_changes_is_idempotent() -> None:
+    result = _result("converge_clean")
+
+    assert result.changed == []
+    assert all(s.changed == 0 for s in result.stats.values())
+    check_converged(result)
+    check_idempotent(result)
+
+
+def test_second_converge_with_drift_names_each_task_host_and_diff() -> None:
+    result = _result("converge_drift")
+
+    with pytest.raises(IdempotenceError) as err:
+        check_idempotent(result)
+
+    msg = str(err.value)
+    assert "changed 4 task(s) on 2 host(s): node1, node2" in msg
+    for host in ("node1", "node2"):
+        assert f"{host}: task 'motd : Write the message of the day' changed:" in msg
+        assert f"{host}: task 'motd : Reload the motd service' changed (no diff given)" in msg
+    assert "-Welcome to the fixture cluster" in msg
+    assert "+Maintenance tonight" in msg
+    assert str(LOG) in msg
+    assert "Probe the message of the day" not in msg
+
+
+def test_changes_for_report_lists_each_changed_task() -> None:
+    entries = changes_for_report(_result("converge_drift"))
+
+    assert sorted(e.name for e in entries) == [
+        "node1: motd : Reload the motd service",
+        "node1: motd : Write the message of the day",
+        "node2: motd : Reload the motd service",
+        "node2: motd : Write the message of the day",
+    ]
+    assert all("+Maintenance tonight" in e.message for e in entries if "Write" in e.name)
+
+
+def test_failing_task_names_every_failure_and_skips_ignored_errors() -> None:
+    result = _result("failing_task")
+
+    assert not result.ok
+    assert [(f.host, f.task, f.action) for f in result.failures] == [
+        ("node2", "Check the scratch disk", "ansible.builtin.shell"),
+        ("node1", "Fail on purpose", "ansible.builtin.command"),
+    ]
+    scratch = result.failures[0]
+    assert scratch.message.startswith("non-zero return code")
+    assert "scratch disk /dev/vdb is missing" in scratch.message
+    assert scratch.path_to_log == LOG
+    assert result.stats["node1"].ignored == 1 and result.stats["node2"].ignored == 1
+
+
+def test_check_converged_reports_host_task_message_and_log() -> None:
+    with pytest.raises(ProvisionError) as err:
+        check_converged(_result("failing_task"))
+
+    msg = str(err.value)
+    assert "provisioning failed on 2 host(s): node1, node2" in msg
+    assert "node2: task 'Check the scratch disk' (ansible.builtin.shell) failed:" in msg
+    assert "scratch disk /dev/vdb is missing" in msg
+    assert "node1: task 'Fail on purpose' (ansible.builtin.command) failed:" in msg
+    assert "non-zero return code" in msg
+    assert msg.rstrip().endswith(f"Full log: {LOG}")
+    assert "Try an optional probe" not in msg
+
+
+def test_unreachable_host_is_a_failure() -> None:
+    result = _result("unreachable_host")
+
+    assert result.stats["node2"].unreachable == 1
+    assert result.stats["node1"].unreachable == 0
+    [failure] = result.failures
+    assert (failure.host, failure.task, failure.role) == ("node2", "Create the motd directory", "motd")
+    assert failure.message.startswith("unreachable: Failed to connect to the host via ssh")
+    assert "Connection refused" in failure.message
+    with pytest.raises(ProvisionError, match="node2: task 'motd : Create the motd directory'"):
+        check_converged(result)
+    assert failures_for_report(result)[0].name == "node2: motd : Create the motd directory"
+
+
+def test_task_durations_come_from_event_timestamps() -> None:
+    durations = _result("converge_changed").task_durations
+
+    assert len(durations) == 10  # 5 tasks x 2 hosts
+    assert {(d.task, d.host) for d in durations} >= {("motd : Write the message of the day", "node1")}
+    assert all(0 < d.seconds < 60 for d in durations)
+
+
+def test_failure_messages_mask_secret_values() -> None:
+    result = _result("failing_task", secrets=("/dev/vdb",))
+    assert "/dev/vdb" not in result.failures[0].message
+    assert "********" in result.failures[0].message
+
+
+def test_rescued_failures_do_not_count() -> None:
+    events = [
+        {"counter": 1, "event": "runner_on_failed", "event_data": {"host": "n1", "task": "t", "res": {"msg": "boom"}}},
+        {"counter": 2, "event": "playbook_on_stats", "event_data": {"ok": {"n1": 2}, "rescued": {"n1": 1}}},
+    ]
+    result = result_from_events(events, 0, "successful", LOG)
+    assert result.failures == []
+    check_converged(result)
+
+
+def test_loop_failure_message_names_failed_items() -> None:
+    res = {
+        "msg": "One or more items failed",
+        "results": [
+            {"item": "ok-pkg", "failed": False},
+            {"item": "nvidia-driver", "failed": True, "msg": "No package matching 'nvidia-driver'"},
+        ],
+    }
+    events = [{"counter": 1, "event": "runner_on_failed", "event_data": {"host": "n1", "task": "Install", "res": res}}]
+    [failure] = result_from_events(events, 2, "failed", LOG).failures
+    assert 'item "nvidia-driver": No package matching' in failure.message
+    assert "ok-pkg" not in failure.message
+
+
+def test_failed_run_without_failed_task_quotes_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "stdout"
+    log.write_text("ERROR! the role 'slurm' was not found in /roles\n")
+    result = result_from_events([], 4, "failed", log)
+
+    with pytest.raises(ProvisionError) as err:
+        check_converged(result)
+    assert "ERROR! the role 'slurm' was not found" in str(err.value)
+    assert f"Full log: {log}" in str(err.value)
+
+
+def test_render_diff_shapes() -> None:
+    assert render_diff({"before": {"state": "file"}, "after": {"state": "file"}}) is None
+    assert render_diff({"prepared": "+ pkg nvidia-driver"}) == "+ pkg nvidia-driver"
+    long = render_diff({"before": "", "after": "".join(f"line {i}\n" for i in range(100))}, limit=10)
+    assert long is not None
+    assert long.splitlines()[-1] == "... (93 more lines)"
+    assert len(long.splitlines()) == 11
+
+
+# --- progress -----------------------------------------------------------------------------------
+
+
+def test_progress_tracker_follows_tasks_and_hosts() -> None:
+    now = [100.0]
+    tracker = ProgressTracker(clock=lambda: now[0])
+    seen: list[tuple[str | None, int, int]] = []
+    for event in _events("failing_task"):
+        now[0] += 0.5
+        if tracker.feed(event):
+            seen.append((tracker.current_task, tracker.hosts_done, tracker.hosts_failed))
+
+    assert ("Try an optional probe", 2, 0) in seen  # ignored errors are not failures
+    assert ("Check the scratch disk", 2, 1) in seen
+    assert seen[-1] == ("Fail on purpose", 1, 2)
+    snap = tracker.snapshot()
+    assert snap.finished and snap.tasks_started == 3
+    assert snap.play == "Check the fixture hosts"
+    assert snap.elapsed == pytest.approx(0.5 * len(_events("failing_task")))
+
+
+# --- the real ansible-runner API ------------------------------------------------------------------
+
+
+def _local_inventory(tmp_path: Path) -> Path:
+    local = {"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}"}
+    inv = {"all": {"vars": {"fixture_root": str(tmp_path / "hosts")}, "hosts": {"node1": local}}}
+    path = tmp_path / "inventory.yml"
+    path.write_text(yaml.safe_dump(inv))
+    return path
+
+
+def test_run_playbook_live_against_localhost(tmp_path: Path) -> None:
+    secret = "live-secret-value-42"
+    opts = ProvisionOptions(
+        private_data_dir=tmp_path / "pdd",
+        playbook=FIXTURES / "playbooks" / "converge.yml",
+        inventory=_local_inventory(tmp_path),
+        roles_path=[FIXTURES / "playbooks" / "roles"],
+        extra_vars={"motd_text": "live", "motd_api_token": secret},
+        ident=new_ident("provision"),
+    )
+    progress: list[Progress] = []
+    sigint = signal.getsignal(signal.SIGINT)
+
+    first = run_playbook(opts, on_progress=progress.append)
+
+    assert signal.getsignal(signal.SIGINT) is sigint  # ansible-runner's own handler is gone again
+
+    check_converged(first)
+    assert first.rc == 0 and first.status == "successful"
+    assert first.stats["node1"].changed == 3
+    assert (tmp_path / "hosts" / "node1" / "motd").read_text() == "live\n"
+    assert first.log_path == tmp_path / "pdd" / "artifacts" / opts.ident / "stdout"
+    assert "Write the message of the day" in first.log_path.read_text()
+    assert any(p.task == "motd : Write the message of the day" for p in progress)
+    assert progress[-1].finished
+    artifacts = first.log_path.parent
+    assert len(load_events(artifacts)) == len(list((artifacts / "job_events").glob("*.json")))
+    for path in [*artifacts.rglob("*"), *artifacts.parent.parent.joinpath("env").glob("*")]:
+        if path.is_file() and path.name != "extravars":
+            assert secret not in path.read_text(), path
+    extravars = tmp_path / "pdd" / "env" / "extravars"
+    assert stat.S_IMODE(os.stat(extravars.parent).st_mode) == 0o700
+
+    opts.ident = new_ident("idempotence")
+    second = run_playbook(opts)
+    check_idempotent(second)
+
+    with pytest.raises(ProvisionError, match="already exists"):
+        run_playbook(opts)
+
+
+def test_run_playbook_missing_playbook(tmp_path: Path) -> None:
+    opts = ProvisionOptions(tmp_path, tmp_path / "nope.yml", tmp_path / "inv.yml", [], {}, "x")
+    with pytest.raises(ProvisionError, match="does not exist"):
+        run_playbook(opts)
