@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import box, host, network, proc, rundir
+from harness import box, gpus, host, network, passthrough, proc, rundir
 from harness.errors import DestroyError, HarnessError, HostError, Interrupted, ProviderError
 from harness.provider import libvirt as lv
 from harness.render import build_view, private_ips, render_vagrantfile
@@ -48,7 +48,20 @@ def check_box(scenario: Scenario) -> None:
     raise HostError(f"box {scenario.box!r} is not installed for the libvirt provider: {hint}.")
 
 
-def plan_run(scenario: Scenario, run: RunState, accel: host.Accelerator) -> str:
+def preflight_gpus(scenario: Scenario, run_id: str) -> dict[str, list[str]]:
+    """Check and lock every GPU the scenario asks for; node → PCI addresses to pass through."""
+    requests = passthrough.requests_from_nodes(scenario.expanded_nodes())
+    if not any(req for _node, req in requests):
+        return {}
+    with lv.connect() as conn:
+        in_use = lv.hostdevs_in_use(conn)
+    alloc = passthrough.allocate(requests, gpus.discover(), in_use, passthrough.default_lockdir(), run_id)
+    return alloc.to_json()
+
+
+def plan_run(
+    scenario: Scenario, run: RunState, accel: host.Accelerator, hostdevs: dict[str, list[str]] | None = None
+) -> str:
     """Choose the run's subnets, create its libvirt networks and render its Vagrantfile."""
     with network.network_lock(), lv.connect() as conn:
         used = lv.libvirt_networks(conn) + network.host_networks()
@@ -60,7 +73,7 @@ def plan_run(scenario: Scenario, run: RunState, accel: host.Accelerator) -> str:
     run.accel = accel.reason
     view = build_view(
         scenario, run_id=run.run_id, prefix=run.prefix, run_dir=run.path, accel=accel,
-        mgmt_subnet=mgmt, private_subnet=private,
+        mgmt_subnet=mgmt, private_subnet=private, hostdevs=hostdevs,
     )
     text = render_vagrantfile(view)
     (run.path / "Vagrantfile").write_text(text)
@@ -114,10 +127,16 @@ def up(scenario: Scenario, on_progress: ProgressFn = _noop) -> RunState:
     check_resources(scenario)
     accel = host.host_accelerator()
     on_progress("up", f"accelerator: {accel.reason}")
-    run = rundir.new_run(scenario)
+    run_id = rundir.new_run_id(scenario)
+    hostdevs = preflight_gpus(scenario, run_id)
+    try:
+        run = rundir.new_run(scenario, run_id)
+    except BaseException:
+        passthrough.release_locks(passthrough.default_lockdir(), run_id)
+        raise
     on_progress("up", f"run {run.run_id} in {run.path}")
     try:
-        plan_run(scenario, run, accel)
+        plan_run(scenario, run, accel, hostdevs)
         on_progress("up", f"networks: management {run.mgmt_subnet}, private {run.private_subnet}")
         VagrantEnvironment(run.path, run.log_dir / "vagrant.log").up(on_progress)
         on_progress("up", "installing the cluster SSH key")
@@ -154,6 +173,7 @@ def teardown(run: RunState, *, graceful: bool = True, attempts: int = 10) -> Non
         run.state = "failed"
         rundir.save(run)
         raise DestroyError(f"run {run.run_id}: could not remove {left.describe()}. Try `harness gc`; see {run.log_dir}.")
+    passthrough.release_locks(passthrough.default_lockdir(), run.run_id)
     run.state = "destroyed"
     rundir.save(run)
     rundir.forget(run.run_id)
@@ -193,6 +213,12 @@ def gc() -> GcResult:
                 run.state = "destroyed"
                 rundir.save(run)
             rundir.forget(run_id)
+    lockdir = passthrough.default_lockdir()
+    for lock in passthrough.read_locks(lockdir):
+        holder = registry.get(lock.run_id)
+        if lock.run_id not in kept and not (holder is not None and rundir.is_live(holder)):
+            passthrough.release_locks(lockdir, lock.run_id)
+            removed.setdefault(lock.run_id, f"GPU lock {lock.address}")
     return GcResult(removed, kept)
 
 

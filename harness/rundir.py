@@ -67,8 +67,11 @@ def load(run_dir: Path) -> RunState:
     return RunState(**json.loads((run_dir / "state.json").read_text()))
 
 
-def new_run(scenario: Scenario) -> RunState:
-    run_id = f"{scenario.name}-{secrets.token_hex(3)}"
+def new_run_id(scenario: Scenario) -> str:
+    return f"{scenario.name}-{secrets.token_hex(3)}"
+
+
+def new_run(scenario: Scenario, run_id: str) -> RunState:
     run_dir = (runs_root() / run_id).resolve()
     run = RunState(
         run_id=run_id,

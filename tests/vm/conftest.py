@@ -1,0 +1,69 @@
+"""VM tests boot real libvirt VMs. Without what they need they skip, or fail loudly when
+HARNESS_REQUIRE_VM=1 (CI), so a broken host never passes as 'all skipped'."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import box, rundir
+from harness.errors import HarnessError
+from harness.paths import SCENARIOS_DIR
+from harness.provider import libvirt as lv
+from harness.spec import Scenario, load_scenario
+
+
+def _vm_prerequisite_problem() -> str | None:
+    try:
+        with lv.connect() as conn:
+            conn.getLibVersion()
+    except HarnessError as exc:
+        return str(exc)
+    try:
+        if not box.box_is_installed("harness/debian12"):
+            return "box harness/debian12 is not installed: run `harness box build debian12` (ci/bootstrap.sh does)"
+    except HarnessError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture(scope="session")
+def vm_ready() -> None:
+    problem = _vm_prerequisite_problem()
+    if problem is None:
+        return
+    if os.environ.get("HARNESS_REQUIRE_VM") == "1":
+        pytest.fail(f"VM tests are required (HARNESS_REQUIRE_VM=1) but cannot run: {problem}", pytrace=False)
+    pytest.skip(f"VM tests need libvirt and the debian12 box: {problem}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("vm") is not None:
+            item.fixturenames.insert(0, "vm_ready")  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    d = tmp_path_factory.mktemp("runs")
+    old = os.environ.get("HARNESS_RUNS_DIR")
+    os.environ["HARNESS_RUNS_DIR"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("HARNESS_RUNS_DIR", None)
+    else:
+        os.environ["HARNESS_RUNS_DIR"] = old
+
+
+def scenario(name: str) -> Scenario:
+    return load_scenario(name, [SCENARIOS_DIR])
+
+
+def assert_nothing_left(run: rundir.RunState) -> None:
+    __tracebackhide__ = True
+    with lv.connect() as conn:
+        left = lv.run_objects(conn, run.prefix)
+    assert left.empty(), f"run {run.run_id} left libvirt objects behind: {left.describe()}"
