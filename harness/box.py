@@ -140,7 +140,11 @@ def _chroot_mounts(root: Path, logfile: Path) -> Iterator[None]:
         for src, fstype in (("/proc", "proc"), ("/sys", "sysfs"), ("/dev", None)):
             target = root / src.lstrip("/")
             target.mkdir(exist_ok=True)
-            argv = ["mount", "--bind", src, str(target)] if fstype is None else ["mount", "-t", fstype, fstype, str(target)]
+            argv = (
+                ["mount", "--bind", src, str(target)]
+                if fstype is None
+                else ["mount", "-t", fstype, fstype, str(target)]
+            )
             _check(proc.run(argv), f"mounting {src} into the chroot", logfile)
             mounted.append(target)
         yield
@@ -163,7 +167,22 @@ def _make_image(root: Path, raw: Path, disk_gib: int, logfile: Path) -> None:
         fh.truncate(size)
     _check(
         proc.run_logged(
-            ["parted", "-s", str(raw), "mklabel", "msdos", "mkpart", "primary", "ext4", "1MiB", "100%", "set", "1", "boot", "on"],
+            [
+                "parted",
+                "-s",
+                str(raw),
+                "mklabel",
+                "msdos",
+                "mkpart",
+                "primary",
+                "ext4",
+                "1MiB",
+                "100%",
+                "set",
+                "1",
+                "boot",
+                "on",
+            ],
             logfile,
         ),
         "partitioning the disk image",
@@ -171,15 +190,33 @@ def _make_image(root: Path, raw: Path, disk_gib: int, logfile: Path) -> None:
     )
     _check(
         proc.run_logged(
-            ["mke2fs", "-q", "-t", "ext4", "-b", "4096", "-L", "harnessroot", "-O", "^64bit,^metadata_csum",
-             "-E", f"offset={PARTITION_OFFSET}", "-d", str(root), str(raw), str(part_bytes // 4096)],
+            [
+                "mke2fs",
+                "-q",
+                "-t",
+                "ext4",
+                "-b",
+                "4096",
+                "-L",
+                "harnessroot",
+                "-O",
+                "^64bit,^metadata_csum",
+                "-E",
+                f"offset={PARTITION_OFFSET}",
+                "-d",
+                str(root),
+                str(raw),
+                str(part_bytes // 4096),
+            ],
             logfile,
         ),
         "creating the root filesystem",
         logfile,
     )
     loop = _check(
-        proc.run(["losetup", "--find", "--show", "--offset", str(PARTITION_OFFSET), "--sizelimit", str(part_bytes), str(raw)]),
+        proc.run(
+            ["losetup", "--find", "--show", "--offset", str(PARTITION_OFFSET), "--sizelimit", str(part_bytes), str(raw)]
+        ),
         "attaching the image to a loop device",
         logfile,
     ).stdout.strip()
@@ -187,14 +224,20 @@ def _make_image(root: Path, raw: Path, disk_gib: int, logfile: Path) -> None:
     try:
         _check(proc.run(["mount", loop, str(mnt)]), "mounting the root filesystem", logfile)
         try:
-            _check(proc.run_logged(["extlinux", "--install", str(mnt / "boot" / "extlinux")], logfile), "installing extlinux", logfile)
+            _check(
+                proc.run_logged(["extlinux", "--install", str(mnt / "boot" / "extlinux")], logfile),
+                "installing extlinux",
+                logfile,
+            )
         finally:
             proc.run(["umount", str(mnt)])
     finally:
         proc.run(["losetup", "-d", loop])
         mnt.rmdir()
     _check(
-        proc.run(["dd", f"if={_mbr_bin()}", f"of={raw}", "bs=440", "count=1", "conv=notrunc"]), "writing the MBR", logfile
+        proc.run(["dd", f"if={_mbr_bin()}", f"of={raw}", "bs=440", "count=1", "conv=notrunc"]),
+        "writing the MBR",
+        logfile,
     )
 
 
@@ -231,7 +274,14 @@ def build_box(recipe: BoxRecipe, *, force: bool = False, on_step: Callable[[str]
         step(f"debootstrap {recipe.suite} ({len(recipe.packages)} packages) from {recipe.mirror}")
         _check(
             proc.run_logged(
-                ["debootstrap", "--variant=minbase", f"--include={','.join(recipe.packages)}", recipe.suite, str(root), recipe.mirror],
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    f"--include={','.join(recipe.packages)}",
+                    recipe.suite,
+                    str(root),
+                    recipe.mirror,
+                ],
                 logfile,
             ),
             "running debootstrap",
@@ -244,7 +294,16 @@ def build_box(recipe: BoxRecipe, *, force: bool = False, on_step: Callable[[str]
         with _chroot_mounts(root, logfile):
             _check(
                 proc.run_logged(
-                    ["chroot", str(root), "/bin/sh", "/tmp/customize.sh", kver, recipe.mirror, recipe.security_mirror, recipe.suite],
+                    [
+                        "chroot",
+                        str(root),
+                        "/bin/sh",
+                        "/tmp/customize.sh",
+                        kver,
+                        recipe.mirror,
+                        recipe.security_mirror,
+                        recipe.suite,
+                    ],
                     logfile,
                     env={"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"},
                 ),
@@ -257,7 +316,11 @@ def build_box(recipe: BoxRecipe, *, force: bool = False, on_step: Callable[[str]
         shutil.rmtree(root)
         step("converting to qcow2 and packing the box")
         qcow2 = work / "box.img"
-        _check(proc.run_logged(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow2)], logfile), "converting to qcow2", logfile)
+        _check(
+            proc.run_logged(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow2)], logfile),
+            "converting to qcow2",
+            logfile,
+        )
         raw.unlink()
         _write_box_archive(recipe, qcow2, out)
     except BaseException:
@@ -316,7 +379,8 @@ def remove_box(name: str) -> list[InstalledBox]:
     for box in installed_boxes():
         if box.name == name and box.provider == "libvirt":
             result = proc.run(
-                ["vagrant", "box", "remove", "--force", "--provider", "libvirt", "--box-version", box.version, name], timeout=300
+                ["vagrant", "box", "remove", "--force", "--provider", "libvirt", "--box-version", box.version, name],
+                timeout=300,
             )
             if not result.ok:
                 raise BoxError(f"`vagrant box remove {name}` failed: {result.describe()}")

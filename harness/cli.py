@@ -8,8 +8,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -19,8 +20,10 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from harness import __version__, box, host, lifecycle
+from harness.cli_gpus import gpus
 from harness.errors import HarnessError, Interrupted, SpecError
 from harness.paths import scenario_search_dirs
+from harness.rundir import RunState
 from harness.spec import Scenario, load_scenario
 
 out = Console(soft_wrap=True)
@@ -131,11 +134,14 @@ class _UpProgress:
             yield self
 
 
-def _bring_up(sc: Scenario) -> lifecycle.RunState:
+def _bring_up(sc: Scenario) -> RunState:
     progress = _UpProgress([n.name for n in sc.expanded_nodes()])
     with progress.shown():
         run = lifecycle.up(sc, progress)
-    err.print(f"[green]up[/] {sc.name}: {len(run.nodes)} node(s) in {time.monotonic() - progress.started:.0f}s; run dir {run.path}")
+    err.print(
+        f"[green]up[/] {sc.name}: {len(run.nodes)} node(s) in {time.monotonic() - progress.started:.0f}s; "
+        f"run dir {run.path}"
+    )
     return run
 
 
@@ -156,10 +162,19 @@ def status(scenario: str, as_json: bool) -> None:
     sc = _load(scenario)
     run, doms = lifecycle.status(sc)
     if as_json:
-        click.echo(json.dumps({
-            "scenario": sc.name, "run_id": run.run_id if run else None, "state": run.state if run else "absent",
-            "nodes": [{"name": d.name, "state": d.state, "memory_mib": d.memory_mib, "vcpus": d.vcpus} for d in doms],
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "scenario": sc.name,
+                    "run_id": run.run_id if run else None,
+                    "state": run.state if run else "absent",
+                    "nodes": [
+                        {"name": d.name, "state": d.state, "memory_mib": d.memory_mib, "vcpus": d.vcpus} for d in doms
+                    ],
+                },
+                indent=2,
+            )
+        )
         return
     if run is None:
         out.print(f"{sc.name}: no cluster up")
@@ -170,8 +185,14 @@ def status(scenario: str, as_json: bool) -> None:
     by_domain = {d.name: d for d in doms}
     for node in run.nodes:
         d = by_domain.get(f"{run.prefix}-{node}")
-        t.add_row(node, d.name if d else "-", d.state if d else "missing", run.private_ips.get(node, "-"),
-                  str(d.vcpus) if d else "-", f"{d.memory_mib} MiB" if d else "-")
+        t.add_row(
+            node,
+            d.name if d else "-",
+            d.state if d else "missing",
+            run.private_ips.get(node, "-"),
+            str(d.vcpus) if d else "-",
+            f"{d.memory_mib} MiB" if d else "-",
+        )
     out.print(t)
 
 
@@ -184,6 +205,80 @@ def ssh(scenario: str, node: str, command: tuple[str, ...]) -> None:
     argv = lifecycle.ssh_argv(_load(scenario), node, list(command))
     sys.stdout.flush()
     os.execvp(argv[0], argv)
+
+
+def _print_phase(ph: object) -> None:
+    from harness.report import PhaseResult
+
+    assert isinstance(ph, PhaseResult)
+    colour = {"passed": "green", "failed": "red", "skipped": "yellow"}[ph.status]
+    err.print(f"[{colour}]{ph.status:>7}[/] {ph.name:<12} {ph.seconds:7.1f}s", highlight=False)
+    for f in ph.failures[:20]:
+        err.print(f"          - {f.name}: {f.message}", highlight=False, markup=False)
+
+
+@main.command("run")
+@click.argument("scenario")
+@click.option("--keep", is_flag=True, help="Leave the cluster running afterwards (for `provision`/`verify` reruns).")
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write summary.json, junit.xml and summary.md here (default: the run directory).",
+)
+@click.option("--skip-idempotence", is_flag=True, help="Do not converge a second time.")
+@click.option("-k", "select", default=None, help="Only run scenario tests matching this pytest -k expression.")
+def run_cmd(scenario: str, keep: bool, report_dir: Path | None, skip_idempotence: bool, select: str | None) -> None:
+    """The whole lifecycle: validate → up → provision → idempotence → verify → destroy.
+
+    Destroys the cluster at the end, pass or fail, unless --keep. The exit code names the first
+    failed phase (see `harness --help`)."""
+    from harness import lifecycle
+    from harness.report import write_reports
+
+    sc = _load(scenario)
+    progress = _UpProgress([n.name for n in sc.expanded_nodes()])
+    with progress.shown():
+        rep, run = lifecycle.run_scenario(
+            sc, keep=keep, idempotence=False if skip_idempotence else None, select=select, on_progress=progress
+        )
+    target = report_dir or (run.path if run else Path.cwd() / ".harness" / "reports" / sc.name)
+    files = write_reports(rep, target)
+    err.print(f"\n[bold]{sc.name}[/] run {rep.run_id or '-'}")
+    for ph in rep.all_phases():
+        _print_phase(ph)
+    err.print(f"reports: {', '.join(str(f) for f in files)}", highlight=False)
+    if keep and run is not None:
+        err.print(
+            f"kept: harness ssh {scenario} {run.nodes[0]} | harness verify {scenario} | harness destroy {scenario}"
+        )
+    failure = lifecycle.first_failure(rep)
+    if failure is not None:
+        sys.exit(failure.exit_code)
+
+
+@main.command()
+@click.argument("scenario")
+def provision(scenario: str) -> None:
+    """Converge the scenario's playbook against its kept cluster (see `harness run --keep`)."""
+    sc = _load(scenario)
+    ph = lifecycle.provision_kept(sc, _UpProgress([]))
+    _print_phase(ph)
+    if ph.status == "failed":
+        sys.exit(lifecycle.PHASE_ERRORS["provision"].exit_code)
+
+
+@main.command()
+@click.argument("scenario")
+@click.option("-k", "select", default=None, help="Only tests matching this pytest -k expression.")
+def verify(scenario: str, select: str | None) -> None:
+    """Run the scenario's tests against its kept cluster, without re-provisioning."""
+    sc = _load(scenario)
+    ph, run = lifecycle.verify_kept(sc, select)
+    _print_phase(ph)
+    err.print(f"log: {run.log_dir / 'verify.log'}", highlight=False)
+    if ph.status == "failed":
+        sys.exit(lifecycle.PHASE_ERRORS["verify"].exit_code)
 
 
 @main.command()
@@ -280,7 +375,13 @@ def box_list() -> None:
     recipes = {box.load_recipe(k).name: box.load_recipe(k) for k in box.available_recipes()}
     for b in box.installed_boxes():
         r = recipes.get(b.name)
-        t.add_row(b.name, b.provider, b.version, r.key if r else "-", ("yes" if r.version == b.version else "no (rebuild)") if r else "-")
+        t.add_row(
+            b.name,
+            b.provider,
+            b.version,
+            r.key if r else "-",
+            ("yes" if r.version == b.version else "no (rebuild)") if r else "-",
+        )
     for name, r in recipes.items():
         if not any(b.name == name for b in box.installed_boxes()):
             t.add_row(name, "libvirt", "-", r.key, f"not built: harness box build {r.key}")
@@ -299,20 +400,7 @@ def box_remove(name: str) -> None:
     out.print(f"removed {len(removed)} version(s) of {name} and {len(vols)} pool volume(s)")
 
 
-def _register_optional(add: Callable[[], None]) -> None:
-    try:
-        add()
-    except ImportError:  # pragma: no cover - a module still being written
-        pass
-
-
-def _add_gpus() -> None:
-    from harness.cli_gpus import gpus
-
-    main.add_command(gpus)
-
-
-_register_optional(_add_gpus)
+main.add_command(gpus)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,8 +10,8 @@ from harness.spec import Scenario
 def run_doctor(scenario: Scenario | None = None) -> DoctorReport:
     report = DoctorReport()
     checks = report.checks
-    from harness.provider import libvirt as lv
     from harness.errors import ProviderError
+    from harness.provider import libvirt as lv
 
     try:
         with lv.connect() as conn:
@@ -20,32 +20,60 @@ def run_doctor(scenario: Scenario | None = None) -> DoctorReport:
             try:
                 conn.storagePoolLookupByName(lv.POOL)
                 checks.append(Check("storage pool", True, f"{lv.POOL} exists"))
-            except Exception:  # noqa: BLE001 - any libvirt error means the pool is missing
+            except Exception:
                 checks.append(Check("storage pool", False, f"{lv.POOL} missing", "run `harness host setup`"))
     except ProviderError as exc:
         checks.append(Check("libvirt", False, "not reachable", str(exc)))
     vv = host.vagrant_version()
     checks.append(Check("vagrant", vv is not None, vv or "not installed", "" if vv else "run `harness host setup`"))
     pv = host.vagrant_libvirt_version() if vv else None
-    checks.append(Check("vagrant-libvirt", pv is not None, pv or "not installed", "" if pv else "run `harness host setup`"))
+    checks.append(
+        Check("vagrant-libvirt", pv is not None, pv or "not installed", "" if pv else "run `harness host setup`")
+    )
     mem = host.meminfo_mib()
     need = sum(n.memory for n in scenario.expanded_nodes()) + 1024 if scenario else 3 * 1024 + 1024
     what = f"scenario {scenario.name}" if scenario else "a 3-node cluster of 1 GiB nodes"
     avail = mem.get("MemAvailable", 0)
-    checks.append(Check("memory", avail >= need, f"{avail} MiB available, {need} MiB needed for {what}",
-                        "" if avail >= need else "free memory or shrink the scenario's nodes"))
+    checks.append(
+        Check(
+            "memory",
+            avail >= need,
+            f"{avail} MiB available, {need} MiB needed for {what}",
+            "" if avail >= need else "free memory or shrink the scenario's nodes",
+        )
+    )
     disk_need = 3.0 * (len(scenario.expanded_nodes()) if scenario else 3)
     free = host.disk_free_gib(host.POOL_PATH)
-    checks.append(Check("disk", free >= disk_need, f"{free:.1f} GiB free in {host.POOL_PATH}, ~{disk_need:.0f} GiB wanted",
-                        "" if free >= disk_need else "free disk space in the libvirt pool"))
+    checks.append(
+        Check(
+            "disk",
+            free >= disk_need,
+            f"{free:.1f} GiB free in {host.POOL_PATH}, ~{disk_need:.0f} GiB wanted",
+            "" if free >= disk_need else "free disk space in the libvirt pool",
+        )
+    )
     groups = host.iommu_groups()
-    checks.append(Check("iommu", True, f"{groups} IOMMU groups" if groups else "off (no IOMMU groups)",
-                        "" if groups else "GPU passthrough needs intel_iommu=on / amd_iommu=on iommu=pt (roles/vfio_host)"))
+    checks.append(
+        Check(
+            "iommu",
+            True,
+            f"{groups} IOMMU groups" if groups else "off (no IOMMU groups)",
+            "" if groups else "GPU passthrough needs intel_iommu=on / amd_iommu=on iommu=pt (roles/vfio_host)",
+        )
+    )
     kvm = host.probe_kvm()
-    checks.append(Check("kvm", True, ("usable: " if kvm.usable else "unusable: ") + kvm.detail,
-                        "" if kvm.usable else "VMs will run under TCG (slow but correct)"))
+    checks.append(
+        Check(
+            "kvm",
+            True,
+            ("usable: " if kvm.usable else "unusable: ") + kvm.detail,
+            "" if kvm.usable else "VMs will run under TCG (slow but correct)",
+        )
+    )
     tcg = host.probe_accel("tcg")
-    checks.append(Check("tcg", tcg.usable, tcg.detail, "" if tcg.usable else "install qemu-system-x86 (`harness host setup`)"))
+    checks.append(
+        Check("tcg", tcg.usable, tcg.detail, "" if tcg.usable else "install qemu-system-x86 (`harness host setup`)")
+    )
     accel = host.host_accelerator()
     report.accelerator = accel.reason
     _passthrough_checks(checks)
@@ -60,7 +88,9 @@ def _passthrough_checks(checks: list[Check]) -> None:
     disc = discover()
     gpus = [d for d in disc.devices if d.kind == "gpu"]
     if not gpus:
-        checks.append(Check("gpu passthrough", True, "no NVIDIA GPU on this host", "GPU scenarios will be refused; others run"))
+        checks.append(
+            Check("gpu passthrough", True, "no NVIDIA GPU on this host", "GPU scenarios will be refused; others run")
+        )
         return
     ready = [d for d in gpus if d.passthrough_ready]
     problems = "; ".join(p for d in gpus for p in d.problems)

@@ -21,9 +21,26 @@ from harness.paths import state_dir
 log = logging.getLogger(__name__)
 
 APT_PACKAGES = (
-    "vagrant", "vagrant-libvirt", "libvirt-daemon-system", "libvirt-daemon-driver-qemu", "libvirt-clients",
-    "libvirt-dev", "pkg-config", "qemu-system-x86", "qemu-utils", "dnsmasq-base", "debootstrap", "extlinux",
-    "syslinux-common", "parted", "e2fsprogs", "openssh-client", "iproute2", "nftables", "iptables", "rsync",
+    "vagrant",
+    "vagrant-libvirt",
+    "libvirt-daemon-system",
+    "libvirt-daemon-driver-qemu",
+    "libvirt-clients",
+    "libvirt-dev",
+    "pkg-config",
+    "qemu-system-x86",
+    "qemu-utils",
+    "dnsmasq-base",
+    "debootstrap",
+    "extlinux",
+    "syslinux-common",
+    "parted",
+    "e2fsprogs",
+    "openssh-client",
+    "iproute2",
+    "nftables",
+    "iptables",
+    "rsync",
 )
 POOL_NAME = "default"
 POOL_PATH = "/var/lib/libvirt/images"
@@ -33,7 +50,7 @@ LIBVIRT_URI = "qemu:///system"
 
 def _boot_sector() -> bytes:
     """A 512-byte boot sector that prints PROBE_MARKER on COM1 and halts (real mode, org 0x7c00)."""
-    code = bytes.fromhex("31c08ed8fc" "baf803" "be0000" "ac" "84c0" "7403" "ee" "ebf8" "faf4ebfc")
+    code = bytes.fromhex("31c08ed8fcbaf803be0000ac84c07403eeebf8faf4ebfc")
     msg_addr = 0x7C00 + len(code)
     code = code.replace(bytes.fromhex("be0000"), b"\xbe" + msg_addr.to_bytes(2, "little"), 1)
     sector = code + PROBE_MARKER.encode() + b"\r\n\x00"
@@ -55,9 +72,20 @@ def judge_probe(accel: str, result: proc.CommandResult) -> AccelProbe:
     if PROBE_MARKER in result.stdout:
         return AccelProbe(accel, True, f"a test guest booted under {accel}")
     if "KVM internal error" in out or "emulation failure" in out:
-        return AccelProbe(accel, False, f"the test guest crashed under {accel} (KVM internal error: this KVM cannot run ordinary guests, e.g. a PVM-only KVM)")
-    if "Could not access KVM kernel module" in out or "failed to initialize kvm" in out.lower() or "No such file" in out:
-        return AccelProbe(accel, False, f"{accel} is not available: {out.strip().splitlines()[-1] if out.strip() else 'no output'}")
+        return AccelProbe(
+            accel,
+            False,
+            f"the test guest crashed under {accel} "
+            "(KVM internal error: this KVM cannot run ordinary guests, e.g. a PVM-only KVM)",
+        )
+    if (
+        "Could not access KVM kernel module" in out
+        or "failed to initialize kvm" in out.lower()
+        or "No such file" in out
+    ):
+        return AccelProbe(
+            accel, False, f"{accel} is not available: {out.strip().splitlines()[-1] if out.strip() else 'no output'}"
+        )
     if result.rc == 127:
         return AccelProbe(accel, False, "qemu-system-x86_64 is not installed (run `harness host setup`)")
     tail = out.strip().splitlines()[-1] if out.strip() else f"no output, exit {result.rc}"
@@ -70,9 +98,24 @@ def probe_accel(accel: str, timeout: float = 8.0) -> AccelProbe:
         img = Path(tmp) / "probe.img"
         img.write_bytes(_boot_sector())
         cpu = ["-cpu", "host"] if accel == "kvm" else []
-        argv = ["qemu-system-x86_64", "-accel", accel, *cpu, "-m", "16", "-display", "none", "-no-reboot",
-                "-serial", "stdio", "-monitor", "none", "-nodefaults",
-                "-drive", f"file={img},format=raw,if=ide"]
+        argv = [
+            "qemu-system-x86_64",
+            "-accel",
+            accel,
+            *cpu,
+            "-m",
+            "16",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-nodefaults",
+            "-drive",
+            f"file={img},format=raw,if=ide",
+        ]
         result = proc.run_until(argv, PROBE_MARKER, timeout=timeout)
     return judge_probe(accel, result)
 

@@ -12,8 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import box, gpus, host, network, passthrough, proc, rundir
-from harness.errors import DestroyError, HarnessError, HostError, Interrupted, ProviderError
+from harness import box, gpus, host, network, passthrough, phases, proc, report, rundir
+from harness.errors import (
+    DestroyError,
+    HarnessError,
+    HostError,
+    IdempotenceError,
+    Interrupted,
+    ProviderError,
+    ProvisionError,
+    VerifyError,
+)
 from harness.provider import libvirt as lv
 from harness.render import build_view, private_ips, render_vagrantfile
 from harness.rundir import RunState
@@ -72,8 +81,14 @@ def plan_run(
     run.private_ips = private_ips(private, scenario.expanded_nodes())
     run.accel = accel.reason
     view = build_view(
-        scenario, run_id=run.run_id, prefix=run.prefix, run_dir=run.path, accel=accel,
-        mgmt_subnet=mgmt, private_subnet=private, hostdevs=hostdevs,
+        scenario,
+        run_id=run.run_id,
+        prefix=run.prefix,
+        run_dir=run.path,
+        accel=accel,
+        mgmt_subnet=mgmt,
+        private_subnet=private,
+        hostdevs=hostdevs,
     )
     text = render_vagrantfile(view)
     (run.path / "Vagrantfile").write_text(text)
@@ -86,7 +101,9 @@ def install_cluster_key(run: RunState) -> None:
     key = run.path / "ssh" / "id_ed25519"
     key.parent.mkdir(mode=0o700, exist_ok=True)
     if not key.exists():
-        result = proc.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"harness-{run.run_id}", "-f", str(key)])
+        result = proc.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"harness-{run.run_id}", "-f", str(key)]
+        )
         if not result.ok:
             raise HostError(f"cannot generate the cluster SSH key: {result.describe()}")
     vagrant_cfg = run.path / "vagrant_ssh_config"
@@ -94,7 +111,13 @@ def install_cluster_key(run: RunState) -> None:
     pub = key.with_suffix(".pub").read_text()
     for node in run.nodes:
         result = proc.run(
-            ["ssh", "-F", str(vagrant_cfg), node, "umask 077; cat > ~/.ssh/authorized_keys.new && mv ~/.ssh/authorized_keys.new ~/.ssh/authorized_keys"],
+            [
+                "ssh",
+                "-F",
+                str(vagrant_cfg),
+                node,
+                "umask 077; cat > ~/.ssh/authorized_keys.new && mv ~/.ssh/authorized_keys.new ~/.ssh/authorized_keys",
+            ],
             input_text=pub,
             timeout=120,
         )
@@ -105,7 +128,9 @@ def install_cluster_key(run: RunState) -> None:
         stripped = line.strip()
         if stripped.startswith("IdentityFile"):
             line = f"  IdentityFile {key}"
-        elif stripped.startswith(("StrictHostKeyChecking", "UserKnownHostsFile", "LogLevel", "IdentitiesOnly", "PasswordAuthentication")):
+        elif stripped.startswith(
+            ("StrictHostKeyChecking", "UserKnownHostsFile", "LogLevel", "IdentitiesOnly", "PasswordAuthentication")
+        ):
             continue
         lines.append(line)
         if stripped.startswith("Host "):
@@ -141,6 +166,7 @@ def up(scenario: Scenario, on_progress: ProgressFn = _noop) -> RunState:
         VagrantEnvironment(run.path, run.log_dir / "vagrant.log").up(on_progress)
         on_progress("up", "installing the cluster SSH key")
         install_cluster_key(run)
+        phases.write_inventory(run, scenario, hostdevs)
         run.state = "up"
         rundir.save(run)
         return run
@@ -172,7 +198,9 @@ def teardown(run: RunState, *, graceful: bool = True, attempts: int = 10) -> Non
     if not left.empty():
         run.state = "failed"
         rundir.save(run)
-        raise DestroyError(f"run {run.run_id}: could not remove {left.describe()}. Try `harness gc`; see {run.log_dir}.")
+        raise DestroyError(
+            f"run {run.run_id}: could not remove {left.describe()}. Try `harness gc`; see {run.log_dir}."
+        )
     passthrough.release_locks(passthrough.default_lockdir(), run.run_id)
     run.state = "destroyed"
     rundir.save(run)
@@ -251,9 +279,105 @@ def rendered(scenario: Scenario) -> str:
     accel = host.host_accelerator()
     return render_vagrantfile(
         build_view(
-            scenario, run_id=f"{scenario.name}-000000", prefix=f"hx-{scenario.name}-000000",
-            run_dir=Path(".harness/runs") / f"{scenario.name}-000000", accel=accel,
+            scenario,
+            run_id=f"{scenario.name}-000000",
+            prefix=f"hx-{scenario.name}-000000",
+            run_dir=Path(".harness/runs") / f"{scenario.name}-000000",
+            accel=accel,
             mgmt_subnet=ipaddress.IPv4Network("10.213.0.0/24"),
             private_subnet=scenario.network.subnet or ipaddress.IPv4Network("10.213.1.0/24"),
         )
     )
+
+
+PHASE_ERRORS: dict[str, type[HarnessError]] = {
+    "up": ProviderError,
+    "provision": ProvisionError,
+    "idempotence": IdempotenceError,
+    "verify": VerifyError,
+    "destroy": DestroyError,
+}
+
+
+def _timed(name: str, fn: Callable[[], object]) -> report.PhaseResult:
+    started = time.monotonic()
+    try:
+        fn()
+    except Interrupted:
+        raise
+    except HarnessError as exc:
+        return report.PhaseResult(name, "failed", time.monotonic() - started, [report.Failure(name, str(exc))])
+    return report.PhaseResult(name, "passed", time.monotonic() - started)
+
+
+def run_scenario(
+    scenario: Scenario,
+    *,
+    keep: bool = False,
+    idempotence: bool | None = None,
+    select: str | None = None,
+    on_progress: ProgressFn = _noop,
+) -> tuple[report.RunReport, RunState | None]:
+    """validate → up → provision → idempotence → verify → destroy (always, unless keep).
+
+    Returns the report; the caller turns the first failed phase into an exit code."""
+    rep = report.RunReport(scenario.name, "")
+    holder: dict[str, RunState] = {}
+
+    def bring_up() -> None:
+        holder["run"] = up(scenario, on_progress)
+
+    try:
+        rep.record(_timed("up", bring_up))
+        run = holder.get("run")
+        if run is None:
+            return rep, None
+        rep.run_id = run.run_id
+        if scenario.provision is None:
+            rep.record(report.PhaseResult("provision", "skipped"))
+            rep.record(report.PhaseResult("idempotence", "skipped"))
+        else:
+            on_progress("provision", "converging")
+            rep.record(phases.provision_phase(run, scenario, on_progress))
+            wants_idem = scenario.provision.idempotence if idempotence is None else idempotence
+            if rep.phase("provision").status == "passed" and wants_idem:
+                on_progress("idempotence", "converging again: nothing may change")
+                rep.record(phases.idempotence_phase(run, scenario, on_progress))
+            else:
+                rep.record(report.PhaseResult("idempotence", "skipped"))
+        if scenario.provision is None or rep.phase("provision").status == "passed":
+            on_progress("verify", "running the scenario's tests")
+            rep.record(phases.verify_phase(run, scenario, select)[0])
+        else:
+            rep.record(report.PhaseResult("verify", "skipped"))
+    finally:
+        run = holder.get("run")
+        if run is not None and not keep:
+            on_progress("destroy", f"tearing down run {run.run_id}")
+            rep.record(_timed("destroy", lambda: teardown(run)))
+        elif run is not None:
+            rep.record(report.PhaseResult("destroy", "skipped"))
+    return rep, holder.get("run")
+
+
+def first_failure(rep: report.RunReport) -> HarnessError | None:
+    """The error for the first failed phase (its class carries the phase's exit code)."""
+    for name in report.PHASES:
+        try:
+            ph = rep.phase(name)
+        except KeyError:
+            continue
+        if ph.status == "failed":
+            detail = "\n".join(f"  - {f.name}: {f.message}" for f in ph.failures[:20])
+            return PHASE_ERRORS[name](f"phase {name} failed:\n{detail}")
+    return None
+
+
+def provision_kept(scenario: Scenario, on_progress: ProgressFn = _noop) -> report.PhaseResult:
+    run = rundir.require_active_run(scenario)
+    return phases.provision_phase(run, scenario, on_progress)
+
+
+def verify_kept(scenario: Scenario, select: str | None = None) -> tuple[report.PhaseResult, RunState]:
+    run = rundir.require_active_run(scenario)
+    return phases.verify_phase(run, scenario, select)[0], run

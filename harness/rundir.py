@@ -138,5 +138,7 @@ def active_run(scenario: Scenario) -> RunState | None:
 def require_active_run(scenario: Scenario) -> RunState:
     run = active_run(scenario)
     if run is None:
-        raise UsageError(f"no cluster of scenario {scenario.name!r} is up: start one with `harness up {scenario.name}`.")
+        raise UsageError(
+            f"no cluster of scenario {scenario.name!r} is up: start one with `harness up {scenario.name}`."
+        )
     return run

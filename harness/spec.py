@@ -20,7 +20,9 @@ DEFAULT_BOX = "harness/debian12"
 BUILTIN_GROUPS = ("login", "mgmt", "gpu")
 _HOSTNAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _GROUP = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_PCI = re.compile(r"^(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):(?P<slot>[0-1][0-9a-fA-F])\.(?P<fn>[0-7])$")
+_PCI = re.compile(
+    r"^(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):(?P<slot>[0-1][0-9a-fA-F])\.(?P<fn>[0-7])$"
+)
 
 
 def normalize_pci_address(value: str) -> str:
@@ -128,6 +130,7 @@ class Scenario(_Model):
     network: NetworkSpec = NetworkSpec()
     provision: ProvisionSpec | None = None
     tests: Path | None = None
+    groups: dict[str, list[str]] = Field(default_factory=dict, description="extra inventory groups: name → nodes")
     synced_folders: bool = False
     source: Path = Path("scenario.yml")
 
@@ -148,7 +151,14 @@ class Scenario(_Model):
             names = [spec.name] if spec.count is None else [f"{spec.name}{i:02d}" for i in range(1, spec.count + 1)]
             for n in names:
                 out.append(
-                    Node(name=n, groups=tuple(spec.groups), cpus=spec.cpus, memory=spec.memory, disk=spec.disk, gpus=spec.gpus)
+                    Node(
+                        name=n,
+                        groups=tuple(spec.groups),
+                        cpus=spec.cpus,
+                        memory=spec.memory,
+                        disk=spec.disk,
+                        gpus=spec.gpus,
+                    )
                 )
         return out
 
@@ -187,13 +197,24 @@ def _semantic_problems(sc: Scenario) -> list[str]:
         names = [spec.name] if spec.count is None else [f"{spec.name}{k:02d}" for k in range(1, spec.count + 1)]
         for n in names:
             if n in seen:
-                problems.append(f"nodes[{i}].name: node {n!r} is also defined by nodes[{seen[n]}]; names must be unique")
+                problems.append(
+                    f"nodes[{i}].name: node {n!r} is also defined by nodes[{seen[n]}]; names must be unique"
+                )
             seen.setdefault(n, i)
             expanded += 1
         if spec.gpus and "gpu" not in spec.groups:
             problems.append(f"nodes[{i}].gpus: only nodes in group 'gpu' get GPUs; add 'gpu' to groups")
+    for group, members in sc.groups.items():
+        if not _GROUP.match(group):
+            problems.append(f"groups.{group}: group names must be lowercase identifiers (letters, digits, '_')")
+        for k, member in enumerate(members):
+            if member not in seen:
+                problems.append(f"groups.{group}[{k}]: no node named {member!r}")
     if sc.network.subnet is not None and sc.network.subnet.num_addresses - 3 < expanded:
-        problems.append(f"network.subnet: {sc.network.subnet} has room for {sc.network.subnet.num_addresses - 3} nodes, not {expanded}")
+        problems.append(
+            f"network.subnet: {sc.network.subnet} has room for "
+            f"{sc.network.subnet.num_addresses - 3} nodes, not {expanded}"
+        )
     if sc.provision is not None:
         pb = sc.resolve(sc.provision.playbook)
         if not pb.is_file():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -12,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import vagrant as python_vagrant
-
 from harness.errors import ProviderError
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,8 @@ def kill_descendants(timeout: float = 15.0) -> None:
         stack.extend(_children(pid))
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pending:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and _is_running(p) for p in pending):
             time.sleep(0.2)
@@ -74,10 +72,8 @@ def _is_running(pid: int) -> bool:
     except OSError:
         return False
     if state == "Z":
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         return False
     return True
 

@@ -52,7 +52,11 @@ class RunObjects:
         return not (self.domains or self.volumes or self.networks)
 
     def describe(self) -> str:
-        parts = [f"{k}: {', '.join(v)}" for k, v in (("domains", self.domains), ("volumes", self.volumes), ("networks", self.networks)) if v]
+        parts = [
+            f"{k}: {', '.join(v)}"
+            for k, v in (("domains", self.domains), ("volumes", self.volumes), ("networks", self.networks))
+            if v
+        ]
         return "; ".join(parts) or "nothing"
 
 

@@ -19,7 +19,7 @@ def test_a_wanted_subnet_is_kept_and_others_chosen_around_it() -> None:
 
 
 def test_a_wanted_subnet_that_collides_is_refused_with_advice() -> None:
-    with pytest.raises(HostError, match="overlaps 10.0.0.0/8.*leave network.subnet out"):
+    with pytest.raises(HostError, match=r"overlaps 10\.0\.0\.0/8.*leave network\.subnet out"):
         choose_subnets(1, [N("10.0.0.0/8")], wanted=[N("10.77.0.0/24")])
 
 

@@ -19,9 +19,14 @@ def render(name: str, accel: Accelerator, hostdevs: dict[str, list[str]] | None 
     sc = parse_scenario(path.read_text(), path)
     sc = sc.model_copy(update={"source": Path(f"/scenarios/{name}.yml")})
     view = build_view(
-        sc, run_id=f"{name}-abc123", prefix=f"hx-{name}-abc123", run_dir=Path(f"/runs/{name}-abc123"), accel=accel,
+        sc,
+        run_id=f"{name}-abc123",
+        prefix=f"hx-{name}-abc123",
+        run_dir=Path(f"/runs/{name}-abc123"),
+        accel=accel,
         mgmt_subnet=ipaddress.IPv4Network("10.213.7.0/24"),
-        private_subnet=sc.network.subnet or ipaddress.IPv4Network("10.213.8.0/24"), hostdevs=hostdevs,
+        private_subnet=sc.network.subnet or ipaddress.IPv4Network("10.213.8.0/24"),
+        hostdevs=hostdevs,
     )
     return render_vagrantfile(view)
 

@@ -50,7 +50,13 @@ def test_every_schema_error_is_reported_with_its_key_path() -> None:
     problems = problems_of(FIX / "invalid" / "many_errors.yml")
     paths = [p.split(":", 1)[0] for p in problems]
     assert paths == [
-        "name", "nodes[0].memory", "nodes[1].cpus", "nodes[1].gpus", "nodes[1].count", "nodes[2].colour", "network.subnet",
+        "name",
+        "nodes[0].memory",
+        "nodes[1].cpus",
+        "nodes[1].gpus",
+        "nodes[1].count",
+        "nodes[2].colour",
+        "network.subnet",
     ]
     assert any("unknown key" in p for p in problems)
     assert any("'zz:00.0' is not a PCI address" in p for p in problems)
@@ -72,7 +78,9 @@ def test_yaml_syntax_error_names_the_line() -> None:
 
 
 def test_top_level_must_be_a_mapping() -> None:
-    assert problems_of(FIX / "invalid" / "not_mapping.yml") == ["(top level): expected a mapping with keys name, nodes, ..."]
+    assert problems_of(FIX / "invalid" / "not_mapping.yml") == [
+        "(top level): expected a mapping with keys name, nodes, ..."
+    ]
 
 
 @pytest.mark.parametrize(

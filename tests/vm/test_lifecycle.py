@@ -32,11 +32,14 @@ def test_pair_up_ssh_private_network_destroy(runs_dir: Path) -> None:
         _, doms = lifecycle.status(sc)
         print(f"[figure] status: {time.monotonic() - t0:.3f}s")
         assert [(d.name, d.state) for d in doms] == [
-            (f"{run.prefix}-gpu01", "running"), (f"{run.prefix}-mgmt01", "running"),
+            (f"{run.prefix}-gpu01", "running"),
+            (f"{run.prefix}-mgmt01", "running"),
         ]
         ids = {}
         for node in run.nodes:
-            res = lifecycle.run_on(run, node, "hostname; cat /etc/machine-id; ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub")
+            res = lifecycle.run_on(
+                run, node, "hostname; cat /etc/machine-id; ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"
+            )
             assert res.ok, res.describe()
             name, machine_id, hostkey = res.stdout.splitlines()
             assert name == node
@@ -70,8 +73,13 @@ def _wait_for_domain(prefix_start: str, timeout: float) -> str | None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_interrupted_up_leaves_nothing(runs_dir: Path, sig: signal.Signals) -> None:
     env = {**os.environ, "HARNESS_RUNS_DIR": str(runs_dir)}
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "up", "pair"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "up", "pair"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         dom = _wait_for_domain("hx-pair-", timeout=240)
         assert dom is not None, "no domain appeared within 240s"
@@ -96,8 +104,14 @@ def test_gc_removes_only_dead_runs_objects(runs_dir: Path) -> None:
 
     dead_prefix, live_prefix = "hx-gcdead-abcdef", "hx-gclive-fedcba"
     foreign = "harness-test-foreign-net"
-    live = rundir.RunState(run_id="gclive-fedcba", scenario="gclive", scenario_file="/x", run_dir=str(runs_dir / "gclive"),
-                           pid=os.getpid(), state="up")
+    live = rundir.RunState(
+        run_id="gclive-fedcba",
+        scenario="gclive",
+        scenario_file="/x",
+        run_dir=str(runs_dir / "gclive"),
+        pid=os.getpid(),
+        state="up",
+    )
     rundir.save(live)
     with lv.connect() as conn:
         lv.create_network(conn, f"{dead_prefix}-priv", ipaddress.IPv4Network("10.251.1.0/24"), nat=False)
@@ -117,6 +131,6 @@ def test_gc_removes_only_dead_runs_objects(runs_dir: Path) -> None:
                     net = conn.networkLookupByName(name)
                     net.destroy()
                     net.undefine()
-                except Exception:  # noqa: BLE001, S110 - already gone
+                except Exception:
                     pass
         rundir.forget(live.run_id)

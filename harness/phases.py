@@ -1,0 +1,108 @@
+"""The phases after `up`: inventory, provision (converge), idempotence (second converge), verify.
+Each returns data; the lifecycle decides what a failure means."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from harness import inventory, provision, verify
+from harness.errors import SpecError
+from harness.paths import ROLES_DIR
+from harness.report import Failure, PhaseResult
+from harness.rundir import RunState
+from harness.spec import Scenario
+
+ProgressFn = Callable[[str, str], None]
+
+
+def inventory_path(run: RunState) -> Path:
+    return run.path / "inventory.yml"
+
+
+def write_inventory(run: RunState, scenario: Scenario, gpus: dict[str, list[str]] | None = None) -> Path:
+    """The one inventory of the run, read by Ansible and testinfra alike."""
+    conns = inventory.parse_ssh_config(run.ssh_config.read_text())
+    inv = inventory.build_inventory(
+        scenario.expanded_nodes(),
+        conns,
+        run.private_ips,
+        gpus or {},
+        scenario.groups or None,
+        {
+            "harness_cluster_name": scenario.name,
+            "harness_run_id": run.run_id,
+            "harness_private_subnet": run.private_subnet,
+        },
+    )
+    return inventory.write_inventory(inv, inventory_path(run))
+
+
+def _options(run: RunState, scenario: Scenario, phase: str) -> provision.ProvisionOptions:
+    if scenario.provision is None:
+        raise SpecError(
+            str(scenario.source), ["provision: this scenario has nothing to provision (add provision.playbook)"]
+        )
+    return provision.ProvisionOptions(
+        private_data_dir=run.path / "ansible",
+        playbook=scenario.resolve(scenario.provision.playbook),
+        inventory=inventory_path(run),
+        roles_path=[ROLES_DIR, *(scenario.resolve(p) for p in scenario.provision.roles_path)],
+        extra_vars=dict(scenario.provision.extra_vars),
+        ident=provision.new_ident(phase),
+        ssh_config=run.ssh_config,
+    )
+
+
+def converge(run: RunState, scenario: Scenario, phase: str, on_progress: ProgressFn) -> provision.ProvisionResult:
+    last = {"task": ""}
+
+    def progress(p: provision.Progress) -> None:
+        if p.task and p.task != last["task"]:
+            last["task"] = p.task
+            on_progress(phase, f"[{p.elapsed:5.0f}s] {p.task} (hosts done {p.hosts_done}, failed {p.hosts_failed})")
+
+    return provision.run_playbook(_options(run, scenario, phase), progress)
+
+
+def provision_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn) -> PhaseResult:
+    started = time.monotonic()
+    result = converge(run, scenario, "provision", on_progress)
+    seconds = time.monotonic() - started
+    if result.ok and not result.failures:
+        return PhaseResult("provision", "passed", seconds)
+    failures = provision.failures_for_report(result) or [
+        Failure("provision", f"ansible-runner {result.status} (rc {result.rc}); log {result.log_path}")
+    ]
+    return PhaseResult("provision", "failed", seconds, failures)
+
+
+def idempotence_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn) -> PhaseResult:
+    started = time.monotonic()
+    result = converge(run, scenario, "idempotence", on_progress)
+    seconds = time.monotonic() - started
+    if not result.ok or result.failures:
+        return PhaseResult("idempotence", "failed", seconds, provision.failures_for_report(result))
+    changed = [h for h, st in result.stats.items() if st.changed]
+    if changed or result.changed:
+        return PhaseResult("idempotence", "failed", seconds, provision.changes_for_report(result))
+    return PhaseResult("idempotence", "passed", seconds)
+
+
+def verify_phase(
+    run: RunState, scenario: Scenario, select: str | None = None
+) -> tuple[PhaseResult, verify.VerifyResult | None]:
+    if scenario.tests is None:
+        return PhaseResult("verify", "skipped", 0.0), None
+    result = verify.run_tests(
+        scenario.resolve(scenario.tests),
+        nodes=run.nodes,
+        inventory=inventory_path(run),
+        ssh_config=run.ssh_config,
+        out_dir=run.path,
+        select=select,
+    )
+    if result.ok:
+        return PhaseResult("verify", "passed", result.seconds), result
+    return PhaseResult("verify", "failed", result.seconds, result.failures), result

@@ -1,0 +1,72 @@
+"""pytest plugin loaded into a scenario's test run (`-p harness.pytest_plugin`).
+
+Gives scenario tests a `cluster` fixture for cluster-level checks next to testinfra's `host`:
+nodes by group, running a command on a node, reading a file from a node. It reads the run's
+inventory and ssh_config from HARNESS_INVENTORY and HARNESS_SSH_CONFIG, which `harness verify`
+sets; the same inventory drives Ansible.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import proc
+from harness.inventory import hosts_in_group, load_inventory
+
+SSH_SPEED = ["-o", "ControlMaster=auto", "-o", "ControlPath=/tmp/hx-cm-%C", "-o", "ControlPersist=120"]
+
+
+class Cluster:
+    """The live cluster as scenario tests see it."""
+
+    def __init__(self, inventory_path: Path, ssh_config: Path) -> None:
+        self.inventory: dict[str, Any] = load_inventory(inventory_path)
+        self.ssh_config = ssh_config
+        self.hostvars: dict[str, dict[str, Any]] = self.inventory["all"]["hosts"]
+        self.nodes: list[str] = list(self.hostvars)
+
+    def group(self, name: str) -> list[str]:
+        return hosts_in_group(self.inventory, name)
+
+    def groups_of(self, node: str) -> list[str]:
+        children = self.inventory["all"].get("children", {})
+        return sorted(g for g in children if node in hosts_in_group(self.inventory, g))
+
+    def private_ip(self, node: str) -> str:
+        return str(self.hostvars[node]["harness_private_ip"])
+
+    def run(self, node: str, command: str, timeout: float = 300) -> proc.CommandResult:
+        """Run a shell command line on node as the connecting user (prefix `sudo` for root)."""
+        if node not in self.hostvars:
+            raise KeyError(f"no node {node!r}; nodes: {', '.join(self.nodes)}")
+        return proc.run(["ssh", "-F", str(self.ssh_config), *SSH_SPEED, node, command], timeout=timeout)
+
+    def check(self, node: str, command: str, timeout: float = 300) -> str:
+        """Like run, but fails the test (with the command's output) unless it exits 0."""
+        __tracebackhide__ = True
+        res = self.run(node, command, timeout)
+        if not res.ok:
+            pytest.fail(f"on {node}: {res.describe()}", pytrace=False)
+        return res.stdout
+
+    def read_file(self, node: str, path: str) -> str:
+        return self.check(node, f"sudo cat {path}")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Cluster:
+    inv = os.environ.get("HARNESS_INVENTORY")
+    cfg = os.environ.get("HARNESS_SSH_CONFIG")
+    if not inv or not cfg:
+        pytest.fail("the cluster fixture needs HARNESS_INVENTORY and HARNESS_SSH_CONFIG: run through `harness verify`")
+    return Cluster(Path(inv), Path(cfg))
+
+
+@pytest.fixture
+def node_name(host: Any) -> str:
+    """The inventory name of the node testinfra's `host` is connected to."""
+    return str(host.backend.hostname)

@@ -1,0 +1,113 @@
+"""Verify: the scenario's tests under pytest + testinfra, against the run's inventory and ssh_config.
+pytest runs as a subprocess; its JUnit XML is read back as data."""
+
+from __future__ import annotations
+
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import proc
+from harness.report import Failure
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    rc: int
+    passed: int
+    failed: int
+    skipped: int
+    failures: list[Failure] = field(default_factory=list)
+    junit: Path | None = None
+    log_path: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+def pytest_argv(tests_dir: Path, nodes: list[str], ssh_config: Path, junit: Path, select: str | None) -> list[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(tests_dir),
+        "-p",
+        "harness.pytest_plugin",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(tests_dir),
+        f"--hosts={','.join('ssh://' + n for n in nodes)}",
+        f"--ssh-config={ssh_config}",
+        f"--junitxml={junit}",
+        "-o",
+        "junit_family=xunit2",
+        "-v",
+        "--tb=short",
+        "-ra",
+    ]
+    if select:
+        argv += ["-k", select]
+    return argv
+
+
+def read_junit(path: Path) -> tuple[int, int, int, list[Failure]]:
+    """(passed, failed, skipped, failures) from a pytest JUnit XML file."""
+    root = ET.parse(path).getroot()
+    passed = failed = skipped = 0
+    failures: list[Failure] = []
+    for case in root.iter("testcase"):
+        name = f"{case.get('classname', '')}::{case.get('name', '')}".strip(":")
+        bad = case.find("failure")
+        if bad is None:
+            bad = case.find("error")
+        if bad is not None:
+            failed += 1
+            text = (bad.get("message") or "") + "\n" + (bad.text or "")
+            failures.append(Failure(name, text.strip()[-2000:]))
+        elif case.find("skipped") is not None:
+            skipped += 1
+        else:
+            passed += 1
+    return passed, failed, skipped, failures
+
+
+def run_tests(
+    tests_dir: Path,
+    *,
+    nodes: list[str],
+    inventory: Path,
+    ssh_config: Path,
+    out_dir: Path,
+    select: str | None = None,
+) -> VerifyResult:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    junit = out_dir / "verify-junit.xml"
+    junit.unlink(missing_ok=True)
+    log_path = out_dir / "logs" / "verify.log"
+    env = {
+        "HARNESS_INVENTORY": str(inventory),
+        "HARNESS_SSH_CONFIG": str(ssh_config),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    result = proc.run_logged(pytest_argv(tests_dir, nodes, ssh_config, junit, select), log_path, env=env, cwd=tests_dir)
+    if not junit.exists():
+        return VerifyResult(
+            result.rc,
+            0,
+            0,
+            0,
+            [Failure("pytest", f"pytest did not run (exit {result.rc}); see {log_path}")],
+            None,
+            log_path,
+            result.duration,
+        )
+    passed, failed, skipped, failures = read_junit(junit)
+    if result.rc == 5:
+        failures.append(
+            Failure("pytest", f"no test was collected from {tests_dir}" + (f" with -k {select!r}" if select else ""))
+        )
+    return VerifyResult(result.rc, passed, failed, skipped, failures, junit, log_path, result.duration)
