@@ -1,0 +1,74 @@
+"""`harness run` end to end on real VMs: each failure kind is reported in its own phase, naming the
+task or test, with its own exit code, and no VM is left behind. The roles used here live outside
+this repository's roles/ (tests/fixtures/vm/external-roles), as a user's would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness.provider import libvirt as lv
+
+pytestmark = pytest.mark.vm
+FIX = Path(__file__).parent.parent / "fixtures" / "vm"
+
+
+def harness_run(scenario: Path, report_dir: Path, runs_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HARNESS_RUNS_DIR": str(runs_dir), "NO_COLOR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "harness", "run", str(scenario), "--report-dir", str(report_dir), *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+
+
+def assert_run_left_nothing(summary: dict[str, object]) -> None:
+    __tracebackhide__ = True
+    with lv.connect() as conn:
+        left = lv.run_objects(conn, f"hx-{summary['run_id']}")
+    assert left.empty(), f"run {summary['run_id']} left {left.describe()}"
+
+
+@pytest.mark.parametrize(
+    ("scenario", "exit_code", "phase", "expect_in_failure", "later_phases"),
+    [
+        ("failing-role", 11, "provision", "Fail on purpose", {"idempotence": "skipped", "verify": "skipped"}),
+        ("drift", 12, "idempotence", "Stamp the time on every run", {"verify": "passed"}),
+        ("failing-test", 13, "verify", "test_marker_says_something_else", {}),
+    ],
+)
+def test_failure_is_reported_in_its_phase(
+    tmp_path: Path,
+    runs_dir: Path,
+    scenario: str,
+    exit_code: int,
+    phase: str,
+    expect_in_failure: str,
+    later_phases: dict[str, str],
+) -> None:
+    proc = harness_run(FIX / scenario / "scenario.yml", tmp_path, runs_dir)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == exit_code, output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    phases = summary["phases"]
+    assert phases["up"]["status"] == "passed"
+    assert phases[phase]["status"] == "failed", phases
+    failures = json.dumps(phases[phase]["failures"])
+    assert expect_in_failure in failures
+    if phase != "verify":
+        assert "node01" in failures
+    for name, status in later_phases.items():
+        assert phases[name]["status"] == status, phases
+    assert phases["destroy"]["status"] == "passed"
+    junit = ET.parse(tmp_path / "junit.xml").getroot()
+    assert expect_in_failure in ET.tostring(junit, encoding="unicode")
+    assert expect_in_failure in output
+    assert_run_left_nothing(summary)

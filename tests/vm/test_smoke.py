@@ -1,0 +1,54 @@
+"""`harness run smoke` end to end: up, the common role converges and converges again with no
+change, the scenario's tests pass, reports are written; then `harness verify` reruns on the kept
+cluster without re-provisioning, and destroy leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness.provider import libvirt as lv
+
+pytestmark = pytest.mark.vm
+
+
+def harness(runs_dir: Path, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HARNESS_RUNS_DIR": str(runs_dir), "NO_COLOR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_run_smoke_then_verify_rerun_on_kept_cluster(tmp_path: Path, runs_dir: Path) -> None:
+    proc = harness(runs_dir, "run", "smoke", "--keep", "--report-dir", str(tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text()) if (tmp_path / "summary.json").exists() else {}
+    run_id = summary.get("run_id")
+    try:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        phases = summary["phases"]
+        for name in ("up", "provision", "idempotence", "verify"):
+            assert phases[name]["status"] == "passed", (name, phases[name])
+            print(f"\n[figure] smoke {name}: {phases[name]['seconds']:.0f}s", end="")
+        assert phases["destroy"]["status"] == "skipped"
+        junit = ET.parse(tmp_path / "junit.xml").getroot()
+        assert int(junit.get("failures", "0")) == 0 and int(junit.get("tests", "0")) >= 5
+        assert "| verify |" in (tmp_path / "summary.md").read_text()
+
+        started = time.monotonic()
+        rerun = harness(runs_dir, "verify", "smoke")
+        print(f"\n[figure] smoke verify rerun on kept cluster: {time.monotonic() - started:.1f}s")
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        selected = harness(runs_dir, "verify", "smoke", "-k", "no_such_test_name")
+        assert selected.returncode == 13 and "no test was collected" in selected.stderr
+    finally:
+        destroyed = harness(runs_dir, "destroy", "smoke", timeout=600)
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+    with lv.connect() as conn:
+        assert lv.run_objects(conn, f"hx-{run_id}").empty()
