@@ -66,30 +66,29 @@ class AccelProbe:
     detail: str
 
 
+def _last_line(text: str, limit: int = 90) -> str:
+    lines = text.strip().splitlines()
+    line = lines[-1].strip() if lines else ""
+    line = re.sub(r"^qemu-system-x86_64: ", "", line)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def judge_probe(accel: str, result: proc.CommandResult) -> AccelProbe:
     """Decide from a probe guest's output whether the accelerator runs ordinary guests."""
     out = result.stdout + result.stderr
     if PROBE_MARKER in result.stdout:
         return AccelProbe(accel, True, f"a test guest booted under {accel}")
-    if "KVM internal error" in out or "emulation failure" in out:
-        return AccelProbe(
-            accel,
-            False,
-            f"the test guest crashed under {accel} "
-            "(KVM internal error: this KVM cannot run ordinary guests, e.g. a PVM-only KVM)",
-        )
-    if (
-        "Could not access KVM kernel module" in out
-        or "failed to initialize kvm" in out.lower()
-        or "No such file" in out
-    ):
-        return AccelProbe(
-            accel, False, f"{accel} is not available: {out.strip().splitlines()[-1] if out.strip() else 'no output'}"
-        )
     if result.rc == 127:
         return AccelProbe(accel, False, "qemu-system-x86_64 is not installed (run `harness host setup`)")
-    tail = out.strip().splitlines()[-1] if out.strip() else f"no output, exit {result.rc}"
-    return AccelProbe(accel, False, f"the test guest did not boot under {accel}: {tail}")
+    lowered = out.lower()
+    if "could not access kvm kernel module" in lowered or "failed to initialize kvm" in lowered:
+        return AccelProbe(accel, False, f"{accel} is not available ({_last_line(out)})")
+    if accel == "kvm":
+        why = "KVM internal error" if "KVM internal error" in out else _last_line(out) or f"exit {result.rc}"
+        return AccelProbe(accel, False, f"a test guest crashed under KVM, so it cannot run ordinary guests ({why})")
+    return AccelProbe(
+        accel, False, f"the test guest did not boot under {accel} ({_last_line(out) or f'exit {result.rc}'})"
+    )
 
 
 def probe_accel(accel: str, timeout: float = 8.0) -> AccelProbe:
@@ -164,8 +163,8 @@ class Accelerator:
 def choose_accelerator(kvm: AccelProbe, forced: str | None = None) -> Accelerator:
     """KVM when the probe booted a guest under it, TCG otherwise. HARNESS_ACCEL=tcg|kvm forces."""
     if forced == "tcg" or (forced is None and not kvm.usable):
-        why = "forced by HARNESS_ACCEL=tcg" if forced == "tcg" else f"KVM unusable: {kvm.detail}"
-        return Accelerator("qemu", "custom", "qemu64", f"TCG (software emulation, slow): {why}")
+        why = "forced by HARNESS_ACCEL=tcg" if forced == "tcg" else "KVM cannot run ordinary guests here"
+        return Accelerator("qemu", "custom", "qemu64", f"TCG (software emulation, slower): {why}")
     if forced not in (None, "kvm"):
         raise HostError(f"HARNESS_ACCEL={forced!r} is not understood: use 'kvm' or 'tcg'.")
     return Accelerator("kvm", "host-passthrough", None, "KVM" + (" (forced by HARNESS_ACCEL=kvm)" if forced else ""))
