@@ -38,6 +38,12 @@ class NodeView:
     disk: int
     private_ip: str
     hostdevs: tuple[PciFunction, ...] = ()
+    viommu: bool = False
+    emulated_devices: tuple[str, ...] = ()
+
+    @property
+    def q35(self) -> bool:
+        return bool(self.hostdevs) or self.viommu
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,8 @@ def build_view(
             disk=n.disk,
             private_ip=ips[n.name],
             hostdevs=tuple(PciFunction.from_address(a) for a in devs.get(n.name, ())),
+            viommu=n.viommu,
+            emulated_devices=n.emulated_devices,
         )
         for n in nodes
     )

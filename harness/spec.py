@@ -51,6 +51,18 @@ class NodeSpec(_Model):
     disk: Annotated[int, Field(ge=4, le=4096, description="GiB")] = 8
     gpus: GpuRequest = 0
     count: Annotated[int, Field(ge=1, le=99)] | None = None
+    viommu: bool = Field(False, description="emulate an Intel IOMMU in the VM (q35), to rehearse host roles")
+    emulated_devices: list[str] = Field(default_factory=list, description="extra QEMU PCI device models, e.g. edu")
+
+    @field_validator("emulated_devices")
+    @classmethod
+    def _devices(cls, v: list[str]) -> list[str]:
+        bad = [d for d in v if not re.match(r"^[a-z][a-z0-9-]*$", d)]
+        if bad:
+            raise ValueError(
+                f"QEMU device model names are lowercase words (see `qemu-system-x86_64 -device help`): {bad}"
+            )
+        return v
 
     @field_validator("name")
     @classmethod
@@ -119,6 +131,8 @@ class Node(_Model):
     memory: int
     disk: int
     gpus: GpuRequest
+    viommu: bool = False
+    emulated_devices: tuple[str, ...] = ()
 
 
 class Scenario(_Model):
@@ -158,6 +172,8 @@ class Scenario(_Model):
                         memory=spec.memory,
                         disk=spec.disk,
                         gpus=spec.gpus,
+                        viommu=spec.viommu,
+                        emulated_devices=tuple(spec.emulated_devices),
                     )
                 )
         return out

@@ -34,6 +34,7 @@ def render(name: str, accel: Accelerator, hostdevs: dict[str, list[str]] | None 
 CASES = {
     "full-tcg": lambda: render("full", TCG),
     "minimal-kvm": lambda: render("minimal", KVM),
+    "vfio-rehearsal-tcg": lambda: render("vfio-rehearsal", TCG),
     "passthrough-kvm": lambda: render(
         "passthrough", KVM, {"gpu01": ["0000:08:00.0", "0000:08:00.1"], "gpu02": ["0000:af:00.0"]}
     ),
