@@ -116,6 +116,8 @@ class _UpProgress:
         return t
 
     def __call__(self, who: str, msg: str) -> None:
+        if who in self.nodes and self.live is None and msg.lstrip().startswith("-- "):
+            return  # vagrant-libvirt's domain settings dump: in the log, not on screen
         if who in self.nodes:
             self.nodes[who] = msg
             if self.live is not None:
