@@ -21,6 +21,7 @@ from pathlib import Path
 from harness.errors import HostError
 from harness.gpus import DEFAULT_VENDORS, IOMMU_ADVICE, Discovery, PciDevice, iommu_off_problem
 from harness.paths import state_dir
+from harness.proc import pid_alive
 from harness.spec import GpuRequest, Node, normalize_pci_address
 
 LOCK_SUFFIX = ".lock"
@@ -76,7 +77,7 @@ class DeviceLock:
 
     @property
     def alive(self) -> bool:
-        return _pid_alive(self.pid)
+        return pid_alive(self.pid)
 
 
 def requests_from_nodes(nodes: Sequence[Node]) -> list[tuple[str, GpuRequest]]:
@@ -110,18 +111,6 @@ def devices_in_use(domains: Mapping[str, str]) -> dict[str, str]:
 
 
 # --- locks
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _lock_path(lockdir: Path, address: str) -> Path:

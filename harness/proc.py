@@ -143,3 +143,16 @@ def run_until(argv: Sequence[str], marker: str, timeout: float) -> CommandResult
     if rc is None:
         rc = p.returncode
     return CommandResult(tuple(argv), rc, buf["out"], buf["err"], time.monotonic() - started)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (owned by anyone)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from harness.errors import UsageError
 from harness.paths import runs_root, state_dir
+from harness.proc import pid_alive
 from harness.spec import Scenario
 
 ACTIVE_STATES = ("creating", "up")
@@ -87,22 +88,12 @@ def new_run(scenario: Scenario, run_id: str) -> RunState:
     return run
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_live(run: RunState) -> bool:
     """A kept cluster (`up`) is live; a run being made is live while its process is."""
     if run.state == "up":
         return True
     if run.state in ("creating", "destroying"):
-        return _pid_alive(run.pid) and run.pid != os.getpid()
+        return pid_alive(run.pid) and run.pid != os.getpid()
     return False
 
 
