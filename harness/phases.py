@@ -63,7 +63,11 @@ def converge(run: RunState, scenario: Scenario, phase: str, on_progress: Progres
             last["task"] = p.task
             on_progress(phase, f"[{p.elapsed:5.0f}s] {p.task} (hosts done {p.hosts_done}, failed {p.hosts_failed})")
 
-    return provision.run_playbook(_options(run, scenario, phase), progress)
+    result = provision.run_playbook(_options(run, scenario, phase), progress)
+    slowest = sorted(result.task_durations, key=lambda d: d.seconds, reverse=True)
+    lines = [f"{d.seconds:8.1f}s  {d.host:<12} {d.task}" for d in slowest]
+    (run.log_dir / f"{phase}-task-durations.txt").write_text("\n".join(lines) + "\n")
+    return result
 
 
 def provision_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn) -> PhaseResult:

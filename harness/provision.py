@@ -442,7 +442,10 @@ def check_idempotent(result: ProvisionResult) -> None:
 
 def failures_for_report(result: ProvisionResult) -> list[Failure]:
     """Failed tasks as report entries."""
-    return [Failure(f"{f.host}: {task_label(f.task, f.role)}", f"{f.action}: {f.message}") for f in result.failures]
+    return [
+        Failure(f"{f.host}: {task_label(f.task, f.role)}", f"{f.action}: {f.message}\nFull log: {result.log_path}")
+        for f in result.failures
+    ]
 
 
 def changes_for_report(result: ProvisionResult) -> list[Failure]:
