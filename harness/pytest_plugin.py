@@ -36,6 +36,10 @@ class Cluster:
         children = self.inventory["all"].get("children", {})
         return sorted(g for g in children if node in hosts_in_group(self.inventory, g))
 
+    def vars(self, node: str) -> dict[str, Any]:
+        """The node's inventory variables (group `all` vars overlaid with its host vars)."""
+        return {**self.inventory["all"].get("vars", {}), **self.hostvars[node], "inventory_hostname": node}
+
     def private_ip(self, node: str) -> str:
         return str(self.hostvars[node]["harness_private_ip"])
 
