@@ -328,6 +328,10 @@ def build_box(recipe: BoxRecipe, *, force: bool = False, on_step: Callable[[str]
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    for stale in out.parent.glob(f"{recipe.key}-*.box"):
+        if stale != out:  # older builds of this recipe: Vagrant keeps its own copy once added
+            for f in (stale, stale.with_suffix(".json"), stale.with_suffix(".log")):
+                f.unlink(missing_ok=True)
     return BuiltBox(recipe, out, recipe.version, time.monotonic() - started, cached=False)
 
 
