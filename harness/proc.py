@@ -54,6 +54,7 @@ def run(
             env=full_env,
             cwd=cwd,
             input=input_text,
+            stdin=None if input_text is not None else subprocess.DEVNULL,
             check=False,
         )
     except FileNotFoundError:
@@ -83,7 +84,13 @@ def run_logged(
         fh.flush()
         try:
             proc = subprocess.Popen(
-                list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, cwd=cwd
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=full_env,
+                cwd=cwd,
             )
         except FileNotFoundError:
             return CommandResult(tuple(argv), 127, "", f"{argv[0]}: command not found", 0.0)
@@ -112,7 +119,9 @@ def run_until(argv: Sequence[str], marker: str, timeout: float) -> CommandResult
     """Run argv until `marker` shows on stdout (rc 0; the process is then stopped) or it exits or times out."""
     started = time.monotonic()
     try:
-        p = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     except FileNotFoundError:
         return CommandResult(tuple(argv), 127, "", f"{argv[0]}: command not found", 0.0)
     sel = selectors.DefaultSelector()
