@@ -45,6 +45,13 @@ class NodeView:
     def q35(self) -> bool:
         return bool(self.hostdevs) or self.viommu
 
+    @property
+    def emulated_device_args(self) -> tuple[str, ...]:
+        """`-device` values with fixed slots at the top of the root bus: QEMU creates these before
+        libvirt's own devices, so an automatic address would take a slot libvirt has planned for."""
+        bus = "pcie.0" if self.q35 else "pci.0"
+        return tuple(f"{model},bus={bus},addr={0x1D - i:#04x}" for i, model in enumerate(self.emulated_devices))
+
 
 @dataclass(frozen=True)
 class RunView:
