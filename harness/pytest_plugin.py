@@ -9,6 +9,7 @@ sets; the same inventory drives Ansible.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from harness import proc
 from harness.inventory import hosts_in_group, load_inventory
 
+JOURNAL_LINES = 50
 SSH_SPEED = ["-o", "ControlMaster=auto", "-o", "ControlPath=/tmp/hx-cm-%C", "-o", "ControlPersist=120"]
 
 
@@ -74,3 +76,36 @@ def cluster() -> Cluster:
 def node_name(host: Any) -> str:
     """The inventory name of the node testinfra's `host` is connected to."""
     return str(host.backend.hostname)
+
+
+def journal(host: Any, unit: str, lines: int = JOURNAL_LINES) -> str:
+    """The last `lines` journal lines of `unit` on testinfra's `host` (read as root)."""
+    with host.sudo():
+        out = host.run(f"journalctl -u {unit} -n {lines} --no-pager")
+    return out.stdout if out.rc == 0 else f"(journalctl failed, rc={out.rc}: {out.stderr.strip()})"
+
+
+def assert_service_ok(host: Any, unit: str) -> None:
+    """Fail unless `unit` is running and enabled; the failure message carries its journal."""
+    __tracebackhide__ = True
+    service = host.service(unit)
+    problems = [
+        p for p, bad in (("not running", not service.is_running), ("not enabled", not service.is_enabled)) if bad
+    ]
+    if problems:
+        pytest.fail(
+            f"{unit} on {host.backend.get_hostname()}: {', '.join(problems)}\n"
+            f"--- journalctl -u {unit} -n {JOURNAL_LINES} ---\n{journal(host, unit)}",
+            pytrace=False,
+        )
+
+
+@pytest.fixture
+def service_ok(host: Any) -> Callable[[str], None]:
+    """`service_ok("chrony")`: the unit runs and is enabled on this test's node (journal on failure)."""
+
+    def check(unit: str) -> None:
+        __tracebackhide__ = True
+        assert_service_ok(host, unit)
+
+    return check

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-JOURNAL_LINES = 50
+from harness.pytest_plugin import JOURNAL_LINES
 
 # What every node of a group runs: systemd units and TCP ports it listens on.
 SERVICES = {
@@ -25,31 +25,6 @@ WATCHED_PORTS = {2049, 6817, 6818, 9090, 9100}
 # The test user site.yml creates (home on NFS).
 TEST_USER = "slurmtest"
 TEST_UID = 2001
-
-
-def journal(host: Any, unit: str, lines: int = JOURNAL_LINES) -> str:
-    """The last `lines` journal lines of `unit` on `host` (read as root), or why they could not be read."""
-    with host.sudo():
-        out = host.run(f"journalctl -u {unit} -n {lines} --no-pager")
-    return out.stdout if out.rc == 0 else f"(journalctl failed, rc={out.rc}: {out.stderr.strip()})"
-
-
-def assert_service_ok(host: Any, unit: str) -> None:
-    """Fail unless `unit` is running and enabled; the failure message carries its journal."""
-    __tracebackhide__ = True
-    service = host.service(unit)
-    problems = []
-    if not service.is_running:
-        problems.append("not running")
-    if not service.is_enabled:
-        problems.append("not enabled")
-    if problems:
-        node = host.backend.get_hostname()
-        pytest.fail(
-            f"{unit} on {node}: {', '.join(problems)}\n"
-            f"--- journalctl -u {unit} -n {JOURNAL_LINES} ---\n{journal(host, unit)}",
-            pytrace=False,
-        )
 
 
 def cluster_journal(cluster: Any, node: str, unit: str) -> str:
@@ -75,14 +50,3 @@ def poll(probe: Callable[[], Any], timeout: float, interval: float = 5.0) -> tup
 def node_groups(cluster: Any, node_name: str) -> list[str]:
     """The built-in groups (login, mgmt, gpu) of the node this test runs against, plus 'all'."""
     return ["all", *(g for g in cluster.groups_of(node_name) if g in SERVICES)]
-
-
-@pytest.fixture
-def service_ok(host: Any) -> Callable[[str], None]:
-    """`service_ok("munge")`: assert_service_ok against this test's node."""
-
-    def check(unit: str) -> None:
-        __tracebackhide__ = True
-        assert_service_ok(host, unit)
-
-    return check
