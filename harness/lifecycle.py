@@ -6,6 +6,7 @@ tears down what the run created before the exception goes on.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -274,8 +275,6 @@ def run_on(run: RunState, node: str, command: str, timeout: float = 300) -> proc
 
 def rendered(scenario: Scenario) -> str:
     """The Vagrantfile a run of this scenario would get, with placeholder run values."""
-    import ipaddress
-
     accel = host.host_accelerator()
     return render_vagrantfile(
         build_view(

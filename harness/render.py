@@ -76,8 +76,6 @@ class RunView:
 
     @property
     def private_netmask(self) -> str:
-        import ipaddress
-
         return str(ipaddress.IPv4Network(self.private_subnet).netmask)
 
     @property
