@@ -171,8 +171,16 @@ def status(scenario: str, as_json: bool) -> None:
                     "run_id": run.run_id if run else None,
                     "state": run.state if run else "absent",
                     "nodes": [
-                        {"name": d.name, "state": d.state, "memory_mib": d.memory_mib, "vcpus": d.vcpus} for d in doms
+                        {
+                            "name": d.name,
+                            "state": d.state,
+                            "memory_mib": d.memory_mib,
+                            "vcpus": d.vcpus,
+                            "host_rss_mib": d.host_rss_mib,
+                        }
+                        for d in doms
                     ],
+                    "host_rss_mib_total": sum(d.host_rss_mib or 0 for d in doms),
                 },
                 indent=2,
             )
@@ -182,7 +190,7 @@ def status(scenario: str, as_json: bool) -> None:
         out.print(f"{sc.name}: no cluster up")
         return
     t = Table(title=f"{sc.name} — run {run.run_id} ({run.state})")
-    for col in ("node", "domain", "state", "private ip", "vcpus", "memory"):
+    for col in ("node", "domain", "state", "private ip", "vcpus", "memory", "host RSS"):
         t.add_column(col)
     by_domain = {d.name: d for d in doms}
     for node in run.nodes:
@@ -194,8 +202,12 @@ def status(scenario: str, as_json: bool) -> None:
             run.private_ips.get(node, "-"),
             str(d.vcpus) if d else "-",
             f"{d.memory_mib} MiB" if d else "-",
+            f"{d.host_rss_mib} MiB" if d and d.host_rss_mib is not None else "-",
         )
     out.print(t)
+    rss = [d.host_rss_mib for d in doms if d.host_rss_mib is not None]
+    if rss:
+        out.print(f"host memory used by the {len(rss)} running VM(s): {sum(rss)} MiB (QEMU resident set)")
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

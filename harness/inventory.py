@@ -191,6 +191,22 @@ def load_inventory(path: Path) -> dict[str, Any]:
     return data
 
 
+def known_groups(inv: Mapping[str, Any]) -> list[str]:
+    """Every group the inventory defines under `all` (nested ones too), sorted; `all` itself not listed."""
+    names: set[str] = set()
+    stack: list[Mapping[str, Any]] = [inv.get("all") or {}]
+    while stack:
+        children = stack.pop().get("children") or {}
+        names.update(children)
+        stack.extend(c for c in children.values() if isinstance(c, Mapping))
+    return sorted(names)
+
+
+def has_group(inv: Mapping[str, Any], group: str) -> bool:
+    """Whether the inventory defines `group` (`all` always exists), even with no hosts in it."""
+    return group == "all" or _group_node(inv, group) is not None
+
+
 def _group_node(inv: Mapping[str, Any], group: str) -> Mapping[str, Any] | None:
     """Find a group's mapping anywhere under `all` (groups may nest through `children`)."""
     stack: list[Mapping[str, Any]] = [inv.get("all") or {}]

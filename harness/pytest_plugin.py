@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from harness import proc
-from harness.inventory import hosts_in_group, load_inventory
+from harness.inventory import has_group, hosts_in_group, known_groups, load_inventory
 
 JOURNAL_LINES = 50
 SSH_SPEED = ["-o", "ControlMaster=auto", "-o", "ControlPath=/tmp/hx-cm-%C", "-o", "ControlPersist=120"]
@@ -61,6 +61,52 @@ class Cluster:
 
     def read_file(self, node: str, path: str) -> str:
         return self.check(node, f"sudo cat {path}")
+
+
+GROUPS_MARKER = "groups"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{GROUPS_MARKER}(*names): run this per-node (testinfra `host`) test only on nodes in one of these "
+        "inventory groups; it is not collected for other nodes (deselected, never reported as skipped)",
+    )
+
+
+def _node_of(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    host = callspec.params.get("_testinfra_host") if callspec is not None else None
+    return None if host is None else str(host.backend.hostname)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Drop per-node tests marked `@pytest.mark.groups(...)` for nodes outside those groups."""
+    if not any(item.get_closest_marker(GROUPS_MARKER) for item in items):
+        return
+    inv = os.environ.get("HARNESS_INVENTORY")
+    if not inv:
+        raise pytest.UsageError("@pytest.mark.groups needs HARNESS_INVENTORY: run the tests through `harness verify`")
+    inventory = load_inventory(Path(inv))
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        marker = item.get_closest_marker(GROUPS_MARKER)
+        node = _node_of(item)
+        if marker is None or node is None:
+            keep.append(item)
+        elif not marker.args or not all(has_group(inventory, str(g)) for g in marker.args):
+            raise pytest.UsageError(
+                f"{item.nodeid}: @pytest.mark.groups{marker.args} must name groups of the inventory; "
+                f"it has: {', '.join(['all', *known_groups(inventory)])}"
+            )
+        elif any(node in hosts_in_group(inventory, str(g)) for g in marker.args):
+            keep.append(item)
+        else:
+            drop.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import libvirt
 
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 URI = "qemu:///system"
 POOL = "default"
+# Where libvirtd's QEMU driver writes each running domain's pid (system instance).
+QEMU_PID_DIR = Path("/run/libvirt/qemu")
 RUN_PREFIX = re.compile(r"^hx-([a-z][a-z0-9-]*-[0-9a-f]{6})-")
 _STATES = {
     libvirt.VIR_DOMAIN_NOSTATE: "nostate",
@@ -66,6 +69,9 @@ class DomainStatus:
     state: str
     memory_mib: int
     vcpus: int
+    # Resident memory of the domain's QEMU process on the host (guest RAM plus emulator overhead:
+    # under TCG the translation cache is most of it). None when not running or unreadable.
+    host_rss_mib: int | None = None
 
 
 @contextmanager
@@ -152,8 +158,25 @@ def domain_statuses(conn: libvirt.virConnect, prefix: str) -> list[DomainStatus]
     for dom in conn.listAllDomains():
         if dom.name().startswith(prefix + "-"):
             state, maxmem, _mem, vcpus, _cpu = dom.info()
-            out.append(DomainStatus(dom.name(), _STATES.get(state, str(state)), maxmem // 1024, vcpus))
+            out.append(
+                DomainStatus(
+                    dom.name(), _STATES.get(state, str(state)), maxmem // 1024, vcpus, qemu_rss_mib(dom.name())
+                )
+            )
     return sorted(out, key=lambda d: d.name)
+
+
+def qemu_rss_mib(domain: str, pid_dir: Path = QEMU_PID_DIR, proc_root: Path = Path("/proc")) -> int | None:
+    """Host resident memory (MiB) of a running domain's QEMU process, from its pid file and /proc."""
+    try:
+        pid = int((pid_dir / f"{domain}.pid").read_text().strip())
+        status = (proc_root / str(pid) / "status").read_text()
+    except (OSError, ValueError):
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+    return None
 
 
 def hostdevs_in_use(conn: libvirt.virConnect) -> dict[str, str]:

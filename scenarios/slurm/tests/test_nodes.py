@@ -1,4 +1,7 @@
-"""Each node (testinfra `host`, once per node): its services, ports, munge key, mounts, Lmod."""
+"""Each node (testinfra `host`, once per node): its services, ports, munge key, mounts, Lmod.
+
+Tests that apply to some groups only carry `@pytest.mark.groups(...)`: they are collected for
+those nodes alone, so nothing here is ever skipped."""
 
 from __future__ import annotations
 
@@ -43,9 +46,8 @@ def test_munge_key(host: Any) -> None:
         assert key.size >= 32
 
 
-def test_nfs_mounts(host: Any, node_groups: list[str], cluster: Any) -> None:
-    if "mgmt" in node_groups:
-        pytest.skip("the NFS server mounts nothing")
+@pytest.mark.groups("login", "gpu")
+def test_nfs_mounts(host: Any, cluster: Any) -> None:
     server = cluster.private_ip(cluster.group("mgmt")[0])
     for path in ("/home", "/shared"):
         mount = host.mount_point(path)
@@ -58,9 +60,8 @@ def test_nfs_mounts(host: Any, node_groups: list[str], cluster: Any) -> None:
         assert entry and "_netdev" in entry[0][3].split(","), f"/etc/fstab lacks _netdev for {path}: {entry}"
 
 
-def test_nfs_exports_only_to_private_subnet(host: Any, node_groups: list[str], cluster: Any) -> None:
-    if "mgmt" not in node_groups:
-        pytest.skip("only the mgmt node exports")
+@pytest.mark.groups("mgmt")
+def test_nfs_exports_only_to_private_subnet(host: Any, cluster: Any) -> None:
     subnet = cluster.inventory["all"]["vars"]["harness_private_subnet"]
     with host.sudo():
         exports = host.check_output("exportfs -s")
@@ -77,19 +78,17 @@ def test_test_user(host: Any) -> None:
     assert user.exists and user.uid == TEST_UID and user.home == f"/home/{TEST_USER}"
 
 
+@pytest.mark.groups("mgmt", "gpu")
 def test_slurm_dirs_owned_by_slurm(host: Any, node_groups: list[str]) -> None:
     dirs = {"mgmt": "/var/lib/slurm/slurmctld", "gpu": "/var/lib/slurm/slurmd"}
     wanted = [dirs[g] for g in node_groups if g in dirs]
-    if not wanted:
-        pytest.skip("no Slurm daemon here")
     for path in wanted:
         d = host.file(path)
         assert d.is_directory and d.user == "slurm", f"{path}: owner {d.user}"
 
 
-def test_lmod_module_command(host: Any, node_groups: list[str]) -> None:
-    if not {"login", "gpu"} & set(node_groups):
-        pytest.skip("Lmod is on login and gpu nodes")
+@pytest.mark.groups("login", "gpu")
+def test_lmod_module_command(host: Any) -> None:
     out = host.run("bash -lc 'type module >/dev/null && echo MODULEPATH=$MODULEPATH'")
     assert out.rc == 0, f"no module command in a login shell: {out.stderr}"
     assert "/shared/modules" in out.stdout.split("MODULEPATH=", 1)[1].split(":")
