@@ -17,6 +17,7 @@ import click
 from rich.console import Console
 from rich.live import Live
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from harness import __version__, box, host, lifecycle
@@ -226,7 +227,8 @@ def _print_phase(ph: object) -> None:
 
     assert isinstance(ph, PhaseResult)
     colour = {"passed": "green", "failed": "red", "skipped": "yellow"}[ph.status]
-    err.print(f"[{colour}]{ph.status:>7}[/] {ph.name:<12} {ph.seconds:7.1f}s", highlight=False)
+    detail = f"  {escape(ph.detail)}" if ph.detail else ""
+    err.print(f"[{colour}]{ph.status:>7}[/] {ph.name:<12} {ph.seconds:7.1f}s{detail}", highlight=False)
     for f in ph.failures[:20]:
         err.print(f"          - {f.name}: {f.message}", highlight=False, markup=False)
 

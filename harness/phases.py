@@ -70,16 +70,22 @@ def converge(run: RunState, scenario: Scenario, phase: str, on_progress: Progres
     return result
 
 
+def converge_detail(result: provision.ProvisionResult) -> str:
+    """Task counts summed over hosts, as Ansible's recap names them."""
+    totals = {k: sum(getattr(st, k) for st in result.stats.values()) for k in ("ok", "changed", "failures")}
+    return f"{len(result.stats)} hosts: ok={totals['ok']} changed={totals['changed']} failed={totals['failures']}"
+
+
 def provision_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn) -> PhaseResult:
     started = time.monotonic()
     result = converge(run, scenario, "provision", on_progress)
     seconds = time.monotonic() - started
     if result.ok and not result.failures:
-        return PhaseResult("provision", "passed", seconds)
+        return PhaseResult("provision", "passed", seconds, detail=converge_detail(result))
     failures = provision.failures_for_report(result) or [
         Failure("provision", f"ansible-runner {result.status} (rc {result.rc}); log {result.log_path}")
     ]
-    return PhaseResult("provision", "failed", seconds, failures)
+    return PhaseResult("provision", "failed", seconds, failures, converge_detail(result))
 
 
 def idempotence_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn) -> PhaseResult:
@@ -87,11 +93,15 @@ def idempotence_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn
     result = converge(run, scenario, "idempotence", on_progress)
     seconds = time.monotonic() - started
     if not result.ok or result.failures:
-        return PhaseResult("idempotence", "failed", seconds, provision.failures_for_report(result))
+        return PhaseResult(
+            "idempotence", "failed", seconds, provision.failures_for_report(result), converge_detail(result)
+        )
     changed = [h for h, st in result.stats.items() if st.changed]
     if changed or result.changed:
-        return PhaseResult("idempotence", "failed", seconds, provision.changes_for_report(result))
-    return PhaseResult("idempotence", "passed", seconds)
+        return PhaseResult(
+            "idempotence", "failed", seconds, provision.changes_for_report(result), converge_detail(result)
+        )
+    return PhaseResult("idempotence", "passed", seconds, detail=converge_detail(result))
 
 
 def verify_phase(
@@ -107,6 +117,7 @@ def verify_phase(
         out_dir=run.path,
         select=select,
     )
+    detail = f"{result.passed} passed, {result.failed} failed, {result.skipped} skipped"
     if result.ok:
-        return PhaseResult("verify", "passed", result.seconds), result
-    return PhaseResult("verify", "failed", result.seconds, result.failures), result
+        return PhaseResult("verify", "passed", result.seconds, detail=detail), result
+    return PhaseResult("verify", "failed", result.seconds, result.failures, detail), result

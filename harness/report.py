@@ -82,6 +82,8 @@ class PhaseResult:
     status: Status
     seconds: float = 0.0
     failures: list[Failure] = field(default_factory=list)
+    # One line of what the phase counted, e.g. "36 passed, 0 failed, 0 skipped" or "ok=352 changed=0".
+    detail: str = ""
 
 
 @dataclass
@@ -122,6 +124,7 @@ class RunReport:
                 p.name: {
                     "status": p.status,
                     "seconds": round(p.seconds, 3),
+                    "detail": p.detail,
                     "failures": [{"name": f.name, "message": f.message} for f in p.failures],
                 }
                 for p in self.all_phases()
@@ -208,14 +211,15 @@ def render_markdown(report: RunReport) -> str:
         "",
         f"Run `{report.run_id}`.",
         "",
-        "| Phase | Status | Time | Failures |",
-        "|---|---|---:|---:|",
+        "| Phase | Status | Time | Failures | Detail |",
+        "|---|---|---:|---:|---|",
     ]
     for p in phases:
-        lines.append(f"| {_md_cell(p.name)} | {p.status} | {format_seconds(p.seconds)} | {len(p.failures)} |")
+        cells = [_md_cell(p.name), p.status, format_seconds(p.seconds), str(len(p.failures)), _md_cell(p.detail)]
+        lines.append(f"| {' | '.join(cells)} |")
     total = sum(p.seconds for p in phases)
     lines.append(
-        f"| **total** | **{report.status}** | {format_seconds(total)} | {sum(len(p.failures) for p in phases)} |"
+        f"| **total** | **{report.status}** | {format_seconds(total)} | {sum(len(p.failures) for p in phases)} | |"
     )
     failing = [(p, f) for p in phases for f in p.failures]
     if failing:
