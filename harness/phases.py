@@ -3,16 +3,18 @@ Each returns data; the lifecycle decides what a failure means."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 from harness import inventory, provision, verify
 from harness.errors import SpecError
 from harness.paths import ROLES_DIR
 from harness.report import Failure, PhaseResult
 from harness.rundir import RunState
-from harness.spec import Scenario
+from harness.spec import ProvisionSpec, Scenario
 
 ProgressFn = Callable[[str, str], None]
 
@@ -52,7 +54,20 @@ def _options(run: RunState, scenario: Scenario, phase: str) -> provision.Provisi
         extra_vars=dict(scenario.provision.extra_vars),
         ident=provision.new_ident(phase),
         ssh_config=run.ssh_config,
+        strategy=_strategy(scenario),
     )
+
+
+def _strategy(scenario: Scenario) -> str:
+    """provision.strategy, unless HARNESS_ANSIBLE_STRATEGY overrides it (to compare strategies)."""
+    assert scenario.provision is not None
+    forced = os.environ.get("HARNESS_ANSIBLE_STRATEGY")
+    if not forced:
+        return scenario.provision.strategy
+    allowed = get_args(ProvisionSpec.model_fields["strategy"].annotation)
+    if forced not in allowed:
+        raise SpecError("HARNESS_ANSIBLE_STRATEGY", [f"{forced!r} is not one of: {', '.join(allowed)}"])
+    return forced
 
 
 def converge(run: RunState, scenario: Scenario, phase: str, on_progress: ProgressFn) -> provision.ProvisionResult:

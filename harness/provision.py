@@ -44,6 +44,7 @@ class ProvisionOptions:
     extra_vars: Mapping[str, Any]
     ident: str
     ssh_config: Path | None = None
+    strategy: str = "linear"
 
 
 @dataclass(frozen=True)
@@ -306,18 +307,34 @@ def new_ident(phase: str) -> str:
     return f"{phase}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
+def mitogen_strategy_dir() -> Path:
+    """Where the mitogen package keeps its Ansible strategy plugins; ProvisionError without it."""
+    try:
+        import ansible_mitogen
+    except ImportError as exc:
+        raise ProvisionError(
+            "provision.strategy mitogen_* needs the mitogen package (`pip install mitogen`, a harness "
+            "dependency), or set provision.strategy: linear in the scenario"
+        ) from exc
+    return Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
+
+
 def _envvars(opts: ProvisionOptions) -> dict[str, str]:
     ssh_args = "-o ControlMaster=auto -o ControlPersist=60s" + (
         f" -F {shlex.quote(str(opts.ssh_config))}" if opts.ssh_config else ""
     )
-    return {
+    env = {
         "ANSIBLE_ROLES_PATH": ":".join(str(p.resolve()) for p in opts.roles_path),
         "ANSIBLE_HOST_KEY_CHECKING": "False",
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_NOCOLOR": "True",
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_SSH_ARGS": ssh_args,
+        "ANSIBLE_STRATEGY": opts.strategy,
     }
+    if opts.strategy.startswith("mitogen"):
+        env["ANSIBLE_STRATEGY_PLUGINS"] = str(mitogen_strategy_dir())
+    return env
 
 
 def run_playbook(opts: ProvisionOptions, on_progress: Callable[[Progress], None] | None = None) -> ProvisionResult:

@@ -16,6 +16,7 @@ from harness.provision import (
     ProgressTracker,
     ProvisionOptions,
     ProvisionResult,
+    _envvars,
     changes_for_report,
     check_converged,
     check_idempotent,
@@ -248,7 +249,8 @@ def _local_inventory(tmp_path: Path) -> Path:
     return path
 
 
-def test_run_playbook_live_against_localhost(tmp_path: Path) -> None:
+@pytest.mark.parametrize("strategy", ["linear", "mitogen_linear"])
+def test_run_playbook_live_against_localhost(tmp_path: Path, strategy: str) -> None:
     secret = "live-secret-value-42"
     opts = ProvisionOptions(
         private_data_dir=tmp_path / "pdd",
@@ -257,6 +259,7 @@ def test_run_playbook_live_against_localhost(tmp_path: Path) -> None:
         roles_path=[FIXTURES / "playbooks" / "roles"],
         extra_vars={"motd_text": "live", "motd_api_token": secret},
         ident=new_ident("provision"),
+        strategy=strategy,
     )
     progress: list[Progress] = []
     sigint = signal.getsignal(signal.SIGINT)
@@ -293,3 +296,12 @@ def test_run_playbook_missing_playbook(tmp_path: Path) -> None:
     opts = ProvisionOptions(tmp_path, tmp_path / "nope.yml", tmp_path / "inv.yml", [], {}, "x")
     with pytest.raises(ProvisionError, match="does not exist"):
         run_playbook(opts)
+
+
+def test_mitogen_strategy_points_ansible_at_its_plugins(tmp_path: Path) -> None:
+    opts = ProvisionOptions(tmp_path, tmp_path / "p.yml", tmp_path / "inv.yml", [], {}, "x", strategy="mitogen_linear")
+    env = _envvars(opts)
+    assert env["ANSIBLE_STRATEGY"] == "mitogen_linear"
+    assert (Path(env["ANSIBLE_STRATEGY_PLUGINS"]) / "mitogen_linear.py").is_file()
+    plain = _envvars(ProvisionOptions(tmp_path, tmp_path / "p.yml", tmp_path / "inv.yml", [], {}, "x"))
+    assert plain["ANSIBLE_STRATEGY"] == "linear" and "ANSIBLE_STRATEGY_PLUGINS" not in plain

@@ -5,29 +5,21 @@ this repository's roles/ (tests/fixtures/vm/external-roles), as a user's would."
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from harness.provider import libvirt as lv
+from tests.vm.cli import harness
 
 pytestmark = pytest.mark.vm
 FIX = Path(__file__).parent.parent / "fixtures" / "vm"
 
 
 def harness_run(scenario: Path, report_dir: Path, runs_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HARNESS_RUNS_DIR": str(runs_dir), "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "harness", "run", str(scenario), "--report-dir", str(report_dir), *extra],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    return harness(runs_dir, "run", str(scenario), "--report-dir", str(report_dir), *extra, timeout=1800)
 
 
 def assert_run_left_nothing(summary: dict[str, object]) -> None:

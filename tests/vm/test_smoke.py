@@ -5,9 +5,6 @@ cluster without re-provisioning, and destroy leaves nothing."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -15,15 +12,9 @@ from pathlib import Path
 import pytest
 
 from harness.provider import libvirt as lv
+from tests.vm.cli import harness
 
 pytestmark = pytest.mark.vm
-
-
-def harness(runs_dir: Path, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HARNESS_RUNS_DIR": str(runs_dir), "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def test_run_smoke_then_verify_rerun_on_kept_cluster(tmp_path: Path, runs_dir: Path) -> None:

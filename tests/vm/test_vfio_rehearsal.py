@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,19 +14,13 @@ from harness.errors import HarnessError
 from harness.gpus import discover
 from harness.paths import SCENARIOS_DIR
 from harness.provider import libvirt as lv
+from tests.vm.cli import harness
 
 RUN_TIMEOUT = 3600
 # Measured 2026-11-22 on a 2-core host under TCG shared with other runs' VMs (load ~9): up 2.5 min,
 # provision 41 min (update-initramfs alone ~37 min, then the reboot), verify 1.7 min; the second
 # converge and destroy come on top.
 MEASURED = "over 45 minutes (provision 41 min, mostly update-initramfs under TCG)"
-
-
-def _harness(runs_dir: Path, *args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HARNESS_RUNS_DIR": str(runs_dir), "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.mark.vm
@@ -38,7 +30,9 @@ def test_vfio_rehearsal_passes_every_phase(tmp_path: Path, runs_dir: Path) -> No
             f"the vfio-rehearsal run (boot, vfio_host with a reboot, idempotence, verify) takes {MEASURED} "
             "under TCG; set HARNESS_NIGHTLY=1 to run it"
         )
-    proc = _harness(runs_dir, "run", str(SCENARIOS_DIR / "vfio-rehearsal"), "--report-dir", str(tmp_path))
+    proc = harness(
+        runs_dir, "run", str(SCENARIOS_DIR / "vfio-rehearsal"), "--report-dir", str(tmp_path), timeout=RUN_TIMEOUT
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -52,7 +46,7 @@ def test_gpu_passthrough_is_refused_at_preflight_without_a_gpu(runs_dir: Path) -
     if any(g.passthrough_ready for g in discover().gpus):
         pytest.skip("this host has an NVIDIA GPU ready for passthrough: `harness up gpu-passthrough` would boot")
     before = sorted(p.name for p in runs_dir.iterdir())
-    proc = _harness(runs_dir, "up", "gpu-passthrough", timeout=300)
+    proc = harness(runs_dir, "up", "gpu-passthrough", timeout=300)
     output = proc.stdout + proc.stderr
     if proc.returncode == 3 and "GPU" not in output:
         pytest.skip(f"the host is not ready for another reason than GPUs: {output.strip()[-500:]}")

@@ -1,0 +1,82 @@
+"""`harness run slurm` end to end on four VMs: NFS, munge, Slurm, Lmod and Prometheus converge,
+converge again with no change, and every cluster test passes with none skipped; then the host
+memory of the four VMs is read, a selected rerun of the tests works on the kept cluster, and
+destroy leaves nothing. Prints each phase's time as a [figure] line."""
+
+from __future__ import annotations
+
+import json
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness.provider import libvirt as lv
+from tests.vm.cli import harness
+
+pytestmark = pytest.mark.vm
+
+# Every behaviour the Slurm issue asks for, by test name in scenarios/slurm/tests.
+REQUIRED_TESTS = {
+    "test_services_active_and_enabled",
+    "test_ports_listen_only_where_they_should",
+    "test_munge_key",
+    "test_nfs_mounts",
+    "test_nfs_exports_only_to_private_subnet",
+    "test_munge_credential_decodes_on_another_node",
+    "test_sinfo_shows_every_gpu_node_idle",
+    "test_srun_on_both_gpu_nodes",
+    "test_batch_job_writes_to_its_nfs_home",
+    "test_shared_module_loads_in_a_job",
+    "test_stopped_slurmd_marks_the_node_down_and_back",
+    "test_nfs_mount_survives_a_server_restart",
+    "test_prometheus_sees_every_node_exporter",
+}
+RUN_TIMEOUT = 75 * 60
+
+
+def _verify_cases(junit: Path) -> dict[str, list[str]]:
+    """Test name (without parameters) → outcomes of its cases ('passed', 'failure', 'error', 'skipped')."""
+    out: dict[str, list[str]] = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        name = case.get("name", "").split("[", 1)[0]
+        kids = [c.tag for c in case if c.tag in ("failure", "error", "skipped")]
+        out.setdefault(name, []).append(kids[0] if kids else "passed")
+    return out
+
+
+def test_run_slurm_converges_twice_and_every_cluster_test_passes(tmp_path: Path, runs_dir: Path) -> None:
+    started = time.monotonic()
+    proc = harness(runs_dir, "run", "slurm", "--keep", "--report-dir", str(tmp_path), timeout=RUN_TIMEOUT)
+    print(f"\n[figure] slurm run (up to verify): {time.monotonic() - started:.0f}s", end="")
+    summary = json.loads((tmp_path / "summary.json").read_text()) if (tmp_path / "summary.json").exists() else {}
+    run_id = summary.get("run_id")
+    try:
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
+        phases = summary["phases"]
+        for name in ("up", "provision", "idempotence", "verify"):
+            assert phases[name]["status"] == "passed", (name, phases[name])
+            print(f"\n[figure] slurm {name}: {phases[name]['seconds']:.0f}s  {phases[name]['detail']}", end="")
+        assert "changed=0" in phases["idempotence"]["detail"]
+
+        cases = _verify_cases(runs_dir / str(run_id) / "verify-junit.xml")
+        missing = REQUIRED_TESTS - set(cases)
+        assert not missing, f"tests the issue asks for did not run: {sorted(missing)}"
+        not_passed = {n: o for n, o in cases.items() if set(o) != {"passed"}}
+        assert not not_passed, f"every case must pass, none skipped: {not_passed}"
+        print(f"\n[figure] slurm verify: {sum(map(len, cases.values()))} cases, all passed", end="")
+
+        status = json.loads(harness(runs_dir, "status", "slurm", "--json").stdout)
+        assert len(status["nodes"]) == 4 and all(n["state"] == "running" for n in status["nodes"])
+        print(f"\n[figure] slurm host memory of the 4 VMs (QEMU RSS): {status['host_rss_mib_total']} MiB", end="")
+
+        t0 = time.monotonic()
+        rerun = harness(runs_dir, "verify", "slurm", "-k", "munge", timeout=900)
+        print(f"\n[figure] slurm verify -k munge on the kept cluster: {time.monotonic() - t0:.1f}s")
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    finally:
+        destroyed = harness(runs_dir, "destroy", "slurm", timeout=600)
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+    with lv.connect() as conn:
+        assert lv.run_objects(conn, f"hx-{run_id}").empty()
