@@ -331,6 +331,8 @@ def _envvars(opts: ProvisionOptions) -> dict[str, str]:
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_SSH_ARGS": ssh_args,
         "ANSIBLE_STRATEGY": opts.strategy,
+        # Gather each node's facts once per converge, not again in every play of the playbook.
+        "ANSIBLE_GATHERING": "smart",
     }
     if opts.strategy.startswith("mitogen"):
         env["ANSIBLE_STRATEGY_PLUGINS"] = str(mitogen_strategy_dir())
