@@ -333,6 +333,10 @@ def _envvars(opts: ProvisionOptions) -> dict[str, str]:
         "ANSIBLE_STRATEGY": opts.strategy,
         # Gather each node's facts once per converge, not again in every play of the playbook.
         "ANSIBLE_GATHERING": "smart",
+        # Connection timeout. Ansible's 10 s default is too short for a VM under TCG that is busy
+        # (mitogen's whole bootstrap - ssh plus starting its Python - has to fit in it).
+        "ANSIBLE_TIMEOUT": "60",
+        "ANSIBLE_SSH_RETRIES": "3",
     }
     if opts.strategy.startswith("mitogen"):
         env["ANSIBLE_STRATEGY_PLUGINS"] = str(mitogen_strategy_dir())

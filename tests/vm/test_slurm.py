@@ -27,6 +27,7 @@ REQUIRED_TESTS = {
     "test_munge_credential_decodes_on_another_node",
     "test_sinfo_shows_every_gpu_node_idle",
     "test_srun_on_both_gpu_nodes",
+    "test_job_steps_run_confined_in_their_own_cgroup",
     "test_batch_job_writes_to_its_nfs_home",
     "test_shared_module_loads_in_a_job",
     "test_stopped_slurmd_marks_the_node_down_and_back",

@@ -113,3 +113,9 @@ def test_prometheus_sees_every_node_exporter(cluster: Any) -> None:
         pytest.fail(
             f"not every exporter is up: {res.stdout}\n" + cluster_journal(cluster, mgmt, "prometheus"), pytrace=False
         )
+
+
+def test_job_steps_run_confined_in_their_own_cgroup(cluster: Any) -> None:
+    """proctrack/cgroup + task/cgroup: a job step's processes live in the job's cgroup (v2)."""
+    out = cluster.check(LOGIN, _as_user("srun -N1 -t 5 cat /proc/self/cgroup"), timeout=JOB_TIMEOUT)
+    assert re.search(r"^0::/.*/job_\d+/step_\d+", out, re.M), f"job step not in a Slurm job cgroup: {out!r}"
