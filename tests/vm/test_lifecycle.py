@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,17 +21,17 @@ from .conftest import assert_nothing_left, scenario
 pytestmark = pytest.mark.vm
 
 
-def test_pair_up_ssh_private_network_destroy(runs_dir: Path) -> None:
+def test_pair_up_ssh_private_network_destroy(runs_dir: Path, figure: Callable[[str, str], None]) -> None:
     sc = scenario("pair")
     started = time.monotonic()
     run = lifecycle.up(sc)
     up_seconds = time.monotonic() - started
     try:
-        print(f"\n[figure] 2-node up: {up_seconds:.0f}s")
+        figure("2-node up (pair)", f"{up_seconds:.0f} s")
         assert run.state == "up" and run.nodes == ["mgmt01", "gpu01"]
         t0 = time.monotonic()
         _, doms = lifecycle.status(sc)
-        print(f"[figure] status: {time.monotonic() - t0:.3f}s")
+        figure("status query (libvirt)", f"{time.monotonic() - t0:.3f} s")
         assert [(d.name, d.state) for d in doms] == [
             (f"{run.prefix}-gpu01", "running"),
             (f"{run.prefix}-mgmt01", "running"),

@@ -1,13 +1,14 @@
 """`harness run slurm` end to end on four VMs: NFS, munge, Slurm, Lmod and Prometheus converge,
 converge again with no change, and every cluster test passes with none skipped; then the host
 memory of the four VMs is read, a selected rerun of the tests works on the kept cluster, and
-destroy leaves nothing. Prints each phase's time as a [figure] line."""
+destroy leaves nothing. Each phase's time is reported as a measured figure."""
 
 from __future__ import annotations
 
 import json
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -47,10 +48,12 @@ def _verify_cases(junit: Path) -> dict[str, list[str]]:
     return out
 
 
-def test_run_slurm_converges_twice_and_every_cluster_test_passes(tmp_path: Path, runs_dir: Path) -> None:
+def test_run_slurm_converges_twice_and_every_cluster_test_passes(
+    tmp_path: Path, runs_dir: Path, figure: Callable[[str, str], None]
+) -> None:
     started = time.monotonic()
     proc = harness(runs_dir, "run", "slurm", "--keep", "--report-dir", str(tmp_path), timeout=RUN_TIMEOUT)
-    print(f"\n[figure] slurm run (up to verify): {time.monotonic() - started:.0f}s", end="")
+    figure("slurm run, up to verify (wall)", f"{time.monotonic() - started:.0f} s")
     summary = json.loads((tmp_path / "summary.json").read_text()) if (tmp_path / "summary.json").exists() else {}
     run_id = summary.get("run_id")
     try:
@@ -58,7 +61,7 @@ def test_run_slurm_converges_twice_and_every_cluster_test_passes(tmp_path: Path,
         phases = summary["phases"]
         for name in ("up", "provision", "idempotence", "verify"):
             assert phases[name]["status"] == "passed", (name, phases[name])
-            print(f"\n[figure] slurm {name}: {phases[name]['seconds']:.0f}s  {phases[name]['detail']}", end="")
+            figure(f"slurm {name}", f"{phases[name]['seconds']:.0f} s  {phases[name]['detail']}")
         assert "changed=0" in phases["idempotence"]["detail"]
 
         cases = _verify_cases(runs_dir / str(run_id) / "verify-junit.xml")
@@ -66,15 +69,15 @@ def test_run_slurm_converges_twice_and_every_cluster_test_passes(tmp_path: Path,
         assert not missing, f"tests the issue asks for did not run: {sorted(missing)}"
         not_passed = {n: o for n, o in cases.items() if set(o) != {"passed"}}
         assert not not_passed, f"every case must pass, none skipped: {not_passed}"
-        print(f"\n[figure] slurm verify: {sum(map(len, cases.values()))} cases, all passed", end="")
+        figure("slurm verify cases", f"{sum(map(len, cases.values()))}, all passed")
 
         status = json.loads(harness(runs_dir, "status", "slurm", "--json").stdout)
         assert len(status["nodes"]) == 4 and all(n["state"] == "running" for n in status["nodes"])
-        print(f"\n[figure] slurm host memory of the 4 VMs (QEMU RSS): {status['host_rss_mib_total']} MiB", end="")
+        figure("slurm host memory of the 4 VMs (QEMU RSS)", f"{status['host_rss_mib_total']} MiB")
 
         t0 = time.monotonic()
         rerun = harness(runs_dir, "verify", "slurm", "-k", "munge", timeout=900)
-        print(f"\n[figure] slurm verify -k munge on the kept cluster: {time.monotonic() - t0:.1f}s")
+        figure("slurm verify -k munge on the kept cluster", f"{time.monotonic() - t0:.1f} s")
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     finally:
         destroyed = harness(runs_dir, "destroy", "slurm", timeout=600)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ from tests.vm.cli import harness
 pytestmark = pytest.mark.vm
 
 
-def test_run_smoke_then_verify_rerun_on_kept_cluster(tmp_path: Path, runs_dir: Path) -> None:
+def test_run_smoke_then_verify_rerun_on_kept_cluster(
+    tmp_path: Path, runs_dir: Path, figure: Callable[[str, str], None]
+) -> None:
     proc = harness(runs_dir, "run", "smoke", "--keep", "--report-dir", str(tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text()) if (tmp_path / "summary.json").exists() else {}
     run_id = summary.get("run_id")
@@ -26,7 +29,7 @@ def test_run_smoke_then_verify_rerun_on_kept_cluster(tmp_path: Path, runs_dir: P
         phases = summary["phases"]
         for name in ("up", "provision", "idempotence", "verify"):
             assert phases[name]["status"] == "passed", (name, phases[name])
-            print(f"\n[figure] smoke {name}: {phases[name]['seconds']:.0f}s", end="")
+            figure(f"smoke {name}", f"{phases[name]['seconds']:.0f} s")
         assert phases["destroy"]["status"] == "skipped"
         junit = ET.parse(tmp_path / "junit.xml").getroot()
         assert int(junit.get("failures", "0")) == 0 and int(junit.get("tests", "0")) >= 5
@@ -34,7 +37,7 @@ def test_run_smoke_then_verify_rerun_on_kept_cluster(tmp_path: Path, runs_dir: P
 
         started = time.monotonic()
         rerun = harness(runs_dir, "verify", "smoke")
-        print(f"\n[figure] smoke verify rerun on kept cluster: {time.monotonic() - started:.1f}s")
+        figure("smoke verify rerun on the kept cluster", f"{time.monotonic() - started:.1f} s")
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
         selected = harness(runs_dir, "verify", "smoke", "-k", "no_such_test_name")
         assert selected.returncode == 13 and "no test was collected" in selected.stderr
