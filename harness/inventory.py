@@ -202,11 +202,6 @@ def known_groups(inv: Mapping[str, Any]) -> list[str]:
     return sorted(names)
 
 
-def has_group(inv: Mapping[str, Any], group: str) -> bool:
-    """Whether the inventory defines `group` (`all` always exists), even with no hosts in it."""
-    return group == "all" or _group_node(inv, group) is not None
-
-
 def _group_node(inv: Mapping[str, Any], group: str) -> Mapping[str, Any] | None:
     """Find a group's mapping anywhere under `all` (groups may nest through `children`)."""
     stack: list[Mapping[str, Any]] = [inv.get("all") or {}]
