@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness import host
+from harness import capabilities, host, tools
 from harness.host import Check, DoctorReport
 from harness.spec import Scenario
 
@@ -17,6 +17,7 @@ def run_doctor(scenario: Scenario | None = None) -> DoctorReport:
         with lv.connect() as conn:
             v = conn.getLibVersion()
             checks.append(Check("libvirt", True, f"reachable, version {v // 1_000_000}.{v // 1000 % 1000}.{v % 1000}"))
+            _capability_check(checks, conn)
             try:
                 conn.storagePoolLookupByName(lv.POOL)
                 checks.append(Check("storage pool", True, f"{lv.POOL} exists"))
@@ -24,6 +25,12 @@ def run_doctor(scenario: Scenario | None = None) -> DoctorReport:
                 checks.append(Check("storage pool", False, f"{lv.POOL} missing", "run `harness host setup`"))
     except ProviderError as exc:
         checks.append(Check("libvirt", False, "not reachable", str(exc)))
+    missing = tools.missing()
+    if not missing:
+        names = ", ".join(t.name for t in tools.TOOLS)
+        checks.append(Check("programs", True, f"all {len(tools.TOOLS)} found ({names})"))
+    for tool in missing:
+        checks.append(Check(tool.name, False, f"not found (needed for {tool.needed_for})", tool.hint))
     vv = host.vagrant_version()
     checks.append(Check("vagrant", vv is not None, vv or "not installed", "" if vv else "run `harness host setup`"))
     pv = host.vagrant_libvirt_version() if vv else None
@@ -95,3 +102,22 @@ def _passthrough_checks(checks: list[Check]) -> None:
     ready = [d for d in gpus if d.passthrough_ready]
     problems = "; ".join(p for d in gpus for p in d.problems)
     checks.append(Check("gpu passthrough", bool(ready), f"{len(ready)}/{len(gpus)} GPU(s) ready", problems))
+
+
+def _capability_check(checks: list[Check], conn: object) -> None:
+    """Two capability queries in a row: slow both times means libvirt re-probes QEMU each time."""
+    try:
+        timing = capabilities.time_capability_queries(conn)
+    except Exception as exc:  # libvirt raises libvirtError; doctor reports, never crashes
+        checks.append(Check("libvirt capabilities", False, f"query failed: {exc}", "see libvirtd's log"))
+        return
+    dev = capabilities.kvm_device()
+    if not timing.reprobing:
+        checks.append(Check("libvirt capabilities", True, f"cached (queries took {timing.describe()})"))
+        return
+    hint = "libvirt re-probes QEMU on every query, so each domain costs seconds to define"
+    if dev.exists and not dev.group_ok:
+        hint += f": {dev.describe()} (no udev); `harness host setup` gives it to group kvm, 0660, as udev does"
+    else:
+        hint += "; see libvirtd's log (virt-admin daemon-log-filters 1:qemu.qemu_capabilities)"
+    checks.append(Check("libvirt capabilities", False, f"re-probed on every query ({timing.describe()})", hint))

@@ -26,6 +26,11 @@ def cache_dir() -> Path:
     return Path(base)
 
 
+def probe_kernel_path() -> Path:
+    """A Linux kernel (the box's) that the KVM probe boots; written by `harness box build`."""
+    return cache_dir() / "probe" / "vmlinuz"
+
+
 def state_dir() -> Path:
     """Host-wide state shared by every harness process of this user: run registry, GPU locks."""
     base = os.environ.get("HARNESS_STATE_DIR") or os.path.join(

@@ -11,7 +11,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import tools
+
 log = logging.getLogger(__name__)
+
+
+def child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child process: ours, with PATH finding the harness's own tools first
+    (a fresh root shell has no virtualenv on PATH), then `env` on top."""
+    return {**os.environ, "PATH": tools.search_path(), **(env or {})}
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,7 @@ def run(
     input_text: str | None = None,
 ) -> CommandResult:
     """Run argv to completion and capture its output. Never raises for a non-zero exit."""
-    full_env = {**os.environ, **env} if env else None
+    full_env = child_env(env)
     started = time.monotonic()
     log.debug("run: %s", " ".join(argv))
     try:
@@ -75,7 +83,7 @@ def run_logged(
     on_line: Callable[[str], None] | None = None,
 ) -> CommandResult:
     """Run argv, appending its combined output to logfile line by line (and to on_line)."""
-    full_env = {**os.environ, **env} if env else None
+    full_env = child_env(env)
     started = time.monotonic()
     tail: list[str] = []
     logfile.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +128,12 @@ def run_until(argv: Sequence[str], marker: str, timeout: float) -> CommandResult
     started = time.monotonic()
     try:
         p = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
         )
     except FileNotFoundError:
         return CommandResult(tuple(argv), 127, "", f"{argv[0]}: command not found", 0.0)
