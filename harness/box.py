@@ -13,6 +13,7 @@ import glob
 import hashlib
 import json
 import logging
+import re
 import shutil
 import tarfile
 import tempfile
@@ -25,7 +26,7 @@ import yaml
 
 from harness import proc
 from harness.errors import BoxError, SpecError
-from harness.paths import BOX_RECIPES_DIR, cache_dir
+from harness.paths import BOX_RECIPES_DIR, cache_dir, probe_kernel_path
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,77 @@ def _write_box_archive(recipe: BoxRecipe, qcow2: Path, out: Path) -> None:
         partial.rename(out)
 
 
+_DEBOOTSTRAP_PACKAGE = re.compile(
+    r"^I: (?:(?P<fetch>Retrieving|Validating) (?P<fpkg>[a-z0-9][a-z0-9+.:-]*) \S+"
+    r"|(?P<install>Extracting|Unpacking|Configuring) (?P<ipkg>[a-z0-9][a-z0-9+.:-]*)\.\.\.)\s*$"
+)
+_DEBOOTSTRAP_STAGE = re.compile(r"^I: (?P<what>(?:Extracting|Installing|Unpacking|Configuring) [^.]+?)\.\.\.\s*$")
+
+
+@dataclass(frozen=True)
+class DebootstrapLine:
+    """One line of debootstrap's output that says how far it got."""
+
+    stage: str  # "retrieving", "validating", "extracting", "unpacking", "configuring", or a phase heading
+    package: str | None  # the package the line is about; None for a heading ("Unpacking the base system...")
+
+
+def parse_debootstrap_line(line: str) -> DebootstrapLine | None:
+    """`I: Unpacking libc6:amd64...` → ("unpacking", "libc6:amd64"); `I: Configuring the base system...` →
+    ("configuring the base system", None); any other line → None."""
+    line = line.strip()
+    m = _DEBOOTSTRAP_PACKAGE.match(line)
+    if m:
+        verb = m.group("fetch") or m.group("install")
+        return DebootstrapLine(verb.lower(), m.group("fpkg") or m.group("ipkg"))
+    m = _DEBOOTSTRAP_STAGE.match(line)
+    if m:
+        return DebootstrapLine(m.group("what")[0].lower() + m.group("what")[1:], None)
+    return None
+
+
+class DebootstrapProgress:
+    """Turns debootstrap's output lines into a few progress messages: stage, packages done, elapsed.
+
+    A message goes out when a stage begins and then at most every `every` seconds, so the console
+    gets a line every few seconds rather than one per package; the build log keeps every line."""
+
+    def __init__(
+        self, report: Callable[[str], None], *, every: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.report = report
+        self.every = every
+        self.clock = clock
+        self.started = clock()
+        self.last_report = float("-inf")
+        self.stage = ""
+        self.done = 0  # packages through the current stage
+        self.retrieved = 0  # packages downloaded and validated
+
+    def __call__(self, line: str) -> None:
+        parsed = parse_debootstrap_line(line)
+        if parsed is None:
+            return
+        # "Retrieving X" then "Validating X" is one stage, and a package counts once validated.
+        verb = "retrieving" if parsed.stage == "validating" else parsed.stage.split()[0]
+        begins = parsed.package is None or verb != self.stage.split(" ", 1)[0]
+        if begins:
+            self.stage = parsed.stage if parsed.package is None else f"{verb} packages"
+            self.done = 0
+        if parsed.stage == "validating":
+            self.retrieved += 1
+        if parsed.package is not None and parsed.stage != "retrieving":
+            self.done += 1
+        now = self.clock()
+        if begins or now - self.last_report >= self.every:
+            self.last_report = now
+            done = f", {self.done} done" if self.done else ""
+            self.report(f"debootstrap: {self.stage}{done}, {now - self.started:.0f}s")
+
+    def summary(self) -> str:
+        return f"debootstrap done: {self.retrieved} packages in {self.clock() - self.started:.0f}s"
+
+
 def cached_box_path(recipe: BoxRecipe) -> Path:
     return cache_dir() / "boxes" / f"{recipe.key}-{recipe.content_hash()[:12]}.box"
 
@@ -262,8 +334,9 @@ def build_box(recipe: BoxRecipe, *, force: bool = False, on_step: Callable[[str]
     """Build the box for a recipe (or reuse the cached build of the same recipe content)."""
     step = on_step or (lambda _s: None)
     out = cached_box_path(recipe)
+    version = recipe.version  # from the recipe as it is now, not as it may be after a long build
     if out.is_file() and not force:
-        return BuiltBox(recipe, out, recipe.version, 0.0, cached=True)
+        return BuiltBox(recipe, out, version, 0.0, cached=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     logfile = out.with_suffix(".log")
     logfile.write_text("")
@@ -271,7 +344,8 @@ def build_box(recipe: BoxRecipe, *, force: bool = False, on_step: Callable[[str]
     work = Path(tempfile.mkdtemp(prefix=f"build-{recipe.key}-", dir=out.parent))
     try:
         root = work / "rootfs"
-        step(f"debootstrap {recipe.suite} ({len(recipe.packages)} packages) from {recipe.mirror}")
+        step(f"debootstrap {recipe.suite} ({len(recipe.packages)} packages and what they need) from {recipe.mirror}")
+        progress = DebootstrapProgress(step)
         _check(
             proc.run_logged(
                 [
@@ -283,10 +357,12 @@ def build_box(recipe: BoxRecipe, *, force: bool = False, on_step: Callable[[str]
                     recipe.mirror,
                 ],
                 logfile,
+                on_line=progress,
             ),
             "running debootstrap",
             logfile,
         )
+        step(progress.summary())
         step("customizing the root filesystem")
         shutil.copy(_insecure_public_key(), root / "tmp" / "vagrant.pub")
         shutil.copy(recipe.directory / "customize.sh", root / "tmp" / "customize.sh")
@@ -313,6 +389,10 @@ def build_box(recipe: BoxRecipe, *, force: bool = False, on_step: Callable[[str]
         step(f"making a {recipe.disk_gib} GiB disk image")
         raw = work / "disk.raw"
         _make_image(root, raw, recipe.disk_gib, logfile)
+        # The box's kernel doubles as the KVM probe's test kernel (see host.probe_kvm).
+        probe = probe_kernel_path()
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "boot" / f"vmlinuz-{kver}", probe)
         shutil.rmtree(root)
         step("converting to qcow2 and packing the box")
         qcow2 = work / "box.img"
@@ -332,7 +412,7 @@ def build_box(recipe: BoxRecipe, *, force: bool = False, on_step: Callable[[str]
         if stale != out:  # older builds of this recipe: Vagrant keeps its own copy once added
             for f in (stale, stale.with_suffix(".json"), stale.with_suffix(".log")):
                 f.unlink(missing_ok=True)
-    return BuiltBox(recipe, out, recipe.version, time.monotonic() - started, cached=False)
+    return BuiltBox(recipe, out, version, time.monotonic() - started, cached=False)
 
 
 def installed_boxes() -> list[InstalledBox]:

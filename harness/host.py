@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness import proc
 from harness.errors import HostError
-from harness.paths import state_dir
+from harness.paths import probe_kernel_path, state_dir
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ class AccelProbe:
 
     accel: str
     usable: bool
-    detail: str
+    detail: str  # in words
+    raw: str = ""  # the last lines QEMU printed when the guest did not boot (absent from old cache files)
 
 
 def _last_line(text: str, limit: int = 90) -> str:
@@ -73,22 +74,54 @@ def _last_line(text: str, limit: int = 90) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+# What QEMU's crash output means, in words: (regex over one line of output, words). First match wins.
+_CRASH_WORDS = (
+    (r"kvm_buf_set_msrs|kvm_put_msrs|kvm_arch_put_registers", "QEMU aborted setting CPU registers"),
+    (r"kvm_get_msrs|kvm_arch_get_registers", "QEMU aborted reading CPU registers"),
+    (r"KVM internal error\. Suberror: 1\b", "KVM could not emulate an instruction"),
+    (r"KVM internal error", "KVM reported an internal error"),
+    (r"KVM: entry failed, hardware error", "the CPU refused to enter the guest"),
+    (r"failed to set MSR", "KVM refused a CPU register value"),
+    (r"Assertion .*failed|^Aborted", "QEMU aborted"),
+)
+
+
+def _crash_words(lines: list[str]) -> tuple[str, int] | None:
+    """The words for the first known crash pattern and the index of the first line that shows a crash."""
+    hits = [(words, i) for pattern, words in _CRASH_WORDS for i, ln in enumerate(lines) if re.search(pattern, ln)]
+    return (hits[0][0], min(i for _, i in hits)) if hits else None
+
+
 def judge_probe(accel: str, result: proc.CommandResult) -> AccelProbe:
-    """Decide from a probe guest's output whether the accelerator runs ordinary guests."""
+    """Decide from a probe guest's output whether the accelerator runs ordinary guests.
+
+    `detail` says it in words; `raw` keeps QEMU's own last lines (from the first line that shows a
+    crash, when one does: a register dump follows KVM's internal errors)."""
     out = result.stdout + result.stderr
     if PROBE_MARKER in result.stdout:
         return AccelProbe(accel, True, f"a test guest booted under {accel}")
+    lines = [ln.strip() for ln in out.strip().splitlines() if ln.strip()]
+    crash = _crash_words(lines)
+    raw = "\n".join(lines[crash[1] : crash[1] + 8] if crash else lines[-8:])
     if result.rc == 127:
-        return AccelProbe(accel, False, "qemu-system-x86_64 is not installed (run `harness host setup`)")
+        return AccelProbe(accel, False, "qemu-system-x86_64 is not installed (run `harness host setup`)", raw)
     lowered = out.lower()
     if "could not access kvm kernel module" in lowered or "failed to initialize kvm" in lowered:
-        return AccelProbe(accel, False, f"{accel} is not available ({_last_line(out)})")
-    if accel == "kvm":
-        why = "KVM internal error" if "KVM internal error" in out else _last_line(out) or f"exit {result.rc}"
-        return AccelProbe(accel, False, f"a test guest crashed under KVM, so it cannot run ordinary guests ({why})")
-    return AccelProbe(
-        accel, False, f"the test guest did not boot under {accel} ({_last_line(out) or f'exit {result.rc}'})"
-    )
+        return AccelProbe(accel, False, f"{accel} is not available ({_last_line(out)})", raw)
+    kvm = accel == "kvm"
+    if crash is None and result.rc == 124:
+        late = "a test guest did not boot under KVM in time, so KVM is not used" if kvm else ""
+        return AccelProbe(accel, False, late or f"the test guest did not boot under {accel} in time", raw)
+    if crash is not None:
+        why = crash[0]
+    elif result.rc < 0:
+        why = "QEMU aborted" if result.rc == -6 else f"QEMU was killed by signal {-result.rc}"
+    else:
+        why = _last_line(out) or f"QEMU exited with status {result.rc}"
+    if kvm:
+        crashed = f"a test guest crashed under KVM ({why}), so it cannot run ordinary guests"
+        return AccelProbe(accel, False, crashed, raw)
+    return AccelProbe(accel, False, f"the test guest did not boot under {accel} ({why})", raw)
 
 
 def probe_accel(accel: str, timeout: float = 8.0) -> AccelProbe:
@@ -119,20 +152,56 @@ def probe_accel(accel: str, timeout: float = 8.0) -> AccelProbe:
     return judge_probe(accel, result)
 
 
-def _probe_cache_key() -> str:
+KERNEL_MARKER = "Kernel panic - not syncing"
+
+
+def probe_kernel(accel: str, kernel: Path, timeout: float = 20.0) -> AccelProbe:
+    """Boot a real Linux kernel under `accel` until it panics for want of a root filesystem.
+
+    A boot sector proves little: a PVM-only KVM runs real-mode code but hangs or crashes a Linux
+    guest (CPU features such as cmpxchg16b and xrstor). Reaching the root-mount panic means the
+    kernel set up the CPU, memory and interrupts: ordinary guests run. Under KVM it takes a second."""
+    cpu = ["-cpu", "host"] if accel == "kvm" else []
+    argv = [
+        "qemu-system-x86_64", "-accel", accel, *cpu, "-m", "256", "-display", "none", "-no-reboot",
+        "-serial", "stdio", "-monitor", "none", "-nodefaults", "-kernel", str(kernel),
+        "-append", "console=ttyS0 panic=-1 root=/dev/harness-probe-no-root",
+    ]  # fmt: skip
+    result = proc.run_until(argv, KERNEL_MARKER, timeout=timeout)
+    if result.rc == 0 and KERNEL_MARKER in result.stdout:
+        return AccelProbe(accel, True, f"a test Linux kernel booted under {accel}")
+    if result.rc == 124 and accel == "kvm" and not result.stderr.strip():
+        return AccelProbe(
+            accel,
+            False,
+            f"a test Linux kernel did not boot under KVM within {timeout:.0f}s, so KVM cannot run "
+            "ordinary guests here (a real-mode boot sector did; this is what a PVM-only KVM does)",
+        )
+    return judge_probe(accel, result)
+
+
+def _probe_cache_key(kernel: Path | None) -> str:
     try:
         boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         boot_id = "unknown"
-    return f"{platform.release()}|{boot_id}"
+    probe = "bootsector"
+    if kernel is not None:
+        st = kernel.stat()
+        probe = f"{kernel}:{st.st_size}:{st.st_mtime_ns}"
+    return f"{platform.release()}|{boot_id}|{probe}"
 
 
 def probe_kvm(use_cache: bool = True) -> AccelProbe:
-    """Can KVM run ordinary guests here? Probed once per host boot (cached in the state dir)."""
+    """Can KVM run ordinary guests here? Probed once per host boot and test kernel (cached).
+
+    The test is the box's Linux kernel (saved by `harness box build`); before any box exists,
+    only a boot sector can be tried, which is not cached and says so."""
     if not Path("/dev/kvm").exists():
         return AccelProbe("kvm", False, "/dev/kvm does not exist")
+    kernel = probe_kernel_path() if probe_kernel_path().is_file() else None
     cache = state_dir() / "kvm-probe.json"
-    key = _probe_cache_key()
+    key = _probe_cache_key(kernel)
     if use_cache and cache.is_file():
         try:
             data = json.loads(cache.read_text())
@@ -140,7 +209,13 @@ def probe_kvm(use_cache: bool = True) -> AccelProbe:
                 return AccelProbe(**data["probe"])
         except (ValueError, TypeError, KeyError):
             pass
-    probe = probe_accel("kvm")
+    if kernel is None:
+        probe = probe_accel("kvm")
+        if probe.usable:
+            detail = f"{probe.detail} (boot sector only: a Linux kernel is tried once a box is built)"
+            probe = AccelProbe(probe.accel, True, detail)
+        return probe
+    probe = probe_kernel("kvm", kernel)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"key": key, "probe": asdict(probe)}))
     return probe

@@ -6,18 +6,29 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import vagrant as python_vagrant
-from harness.errors import ProviderError
+from harness.errors import HostError, ProviderError
+
+if TYPE_CHECKING:
+    import vagrant as python_vagrant
 
 log = logging.getLogger(__name__)
 
 _NODE_LINE = re.compile(r"^==> (?P<node>[\w.-]+): (?P<msg>.*)$")
+# Lines that are true for Vagrant in general but wrong for the harness's boxes: kept in the log,
+# never shown as progress. Each entry is matched against the start of a node's message.
+MISLEADING_LINES = (
+    # The box grows its root partition and filesystem at boot (harness-growroot.service).
+    "Created volume larger than box defaults, will require manual resizing of filesystems",
+)
 VAGRANT_ENV = {
     "VAGRANT_DEFAULT_PROVIDER": "libvirt",
     "VAGRANT_CHECKPOINT_DISABLE": "1",
@@ -27,9 +38,26 @@ VAGRANT_ENV = {
 
 
 def parse_progress(line: str) -> tuple[str, str] | None:
-    """`==> gpu01: Creating domain...` → ("gpu01", "Creating domain...")."""
+    """`==> gpu01: Creating domain...` → ("gpu01", "Creating domain..."); None for other lines and
+    for MISLEADING_LINES."""
     m = _NODE_LINE.match(line.strip())
-    return (m.group("node"), m.group("msg")) if m else None
+    if m is None or m.group("msg").lstrip().startswith(MISLEADING_LINES):
+        return None
+    return (m.group("node"), m.group("msg"))
+
+
+def _python_vagrant() -> ModuleType:
+    """python-vagrant, imported on first use: at import it logs "The Vagrant executable cannot be
+    found..." through its own logger when vagrant is not on PATH, which would show in every command
+    (`harness --help`, `harness doctor`); the harness says so itself, with what to do."""
+    logger = logging.getLogger("vagrant")
+    was_disabled = logger.disabled
+    logger.disabled = True
+    try:
+        import vagrant
+    finally:
+        logger.disabled = was_disabled
+    return vagrant
 
 
 def _children(pid: int) -> list[int]:
@@ -87,10 +115,16 @@ class VagrantEnvironment:
         self._env = {**os.environ, **VAGRANT_ENV}
 
     def _client(self) -> python_vagrant.Vagrant:
+        if shutil.which("vagrant", path=self._env.get("PATH")) is None:
+            raise HostError("Vagrant is not installed (no `vagrant` on PATH): run `harness host setup`.")
+
         def err_cm() -> object:
             return self.log_path.open("a")
 
-        return python_vagrant.Vagrant(root=str(self.root), env=self._env, err_cm=err_cm, out_cm=err_cm)
+        client: python_vagrant.Vagrant = _python_vagrant().Vagrant(
+            root=str(self.root), env=self._env, err_cm=err_cm, out_cm=err_cm
+        )
+        return client
 
     def up(self, on_progress: Callable[[str, str], None] | None = None) -> None:
         """`vagrant up` (nodes in parallel); every output line to the log, node lines to on_progress."""
@@ -119,7 +153,7 @@ class VagrantEnvironment:
     def destroy(self) -> bool:
         try:
             self._client().destroy()
-        except subprocess.CalledProcessError:
+        except (subprocess.CalledProcessError, HostError):
             log.warning("`vagrant destroy` failed; removing the run's libvirt objects directly (see %s)", self.log_path)
             return False
         return True

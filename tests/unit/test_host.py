@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import shutil
+from dataclasses import asdict
 
 import pytest
 
@@ -53,3 +55,69 @@ def test_boot_sector_is_a_valid_mbr() -> None:
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 not installed")
 def test_probe_guest_really_boots_under_tcg() -> None:
     assert host.probe_accel("tcg", timeout=30).usable
+
+
+ASSERTION = (
+    "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x200000c8b\n"
+    "qemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion "
+    "`ret == cpu->kvm_msr_buf->nmsrs' failed.\n"
+)
+
+
+def test_qemu_assertion_is_said_in_words_and_kept_raw() -> None:
+    probe = host.judge_probe("kvm", result(-6, "", ASSERTION))
+    assert not probe.usable
+    assert probe.detail == (
+        "a test guest crashed under KVM (QEMU aborted setting CPU registers), so it cannot run ordinary guests"
+    )
+    assert "kvm.c" not in probe.detail and "Assertion" not in probe.detail
+    assert probe.raw.splitlines() == [
+        "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x200000c8b",
+        "qemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion "
+        "`ret == cpu->kvm_msr_buf->nmsrs' failed.",
+    ]
+
+
+def test_kvm_internal_error_is_said_in_words_and_raw_starts_at_the_error() -> None:
+    dump = "\n".join(f"EAX=0000000{i} EBX=00000000 ECX=00000000 EDX=00000000" for i in range(20))
+    err = f"KVM internal error. Suberror: 1\nextra data[0]: 0x0000000000000000\nemulation failure\n{dump}\n"
+    probe = host.judge_probe("kvm", result(1, "", err))
+    assert "KVM could not emulate an instruction" in probe.detail and "EAX" not in probe.detail
+    assert probe.raw.splitlines()[0] == "KVM internal error. Suberror: 1"
+    assert len(probe.raw.splitlines()) == 8
+
+
+@pytest.mark.parametrize(
+    ("err", "words"),
+    [
+        ("KVM internal error. Suberror: 3\n", "KVM reported an internal error"),
+        ("KVM: entry failed, hardware error 0x80000021\n", "the CPU refused to enter the guest"),
+        ("qemu-system-x86_64: ../../accel/kvm/kvm-all.c:1: foo: Assertion `x' failed.\n", "QEMU aborted"),
+        ("something unexpected happened\n", "something unexpected happened"),
+    ],
+)
+def test_other_crashes_in_words(err: str, words: str) -> None:
+    probe = host.judge_probe("kvm", result(1, "", err))
+    assert probe.detail == f"a test guest crashed under KVM ({words}), so it cannot run ordinary guests"
+    assert probe.raw == err.strip()
+
+
+def test_signal_without_output_and_timeout_in_words() -> None:
+    assert "(QEMU aborted)" in host.judge_probe("kvm", result(-6)).detail
+    assert "signal 11" in host.judge_probe("kvm", result(-11)).detail
+    late = host.judge_probe("kvm", result(124, "SeaBIOS (version 1.16.2)\n"))
+    assert late.detail == "a test guest did not boot under KVM in time, so KVM is not used"
+    assert late.raw == "SeaBIOS (version 1.16.2)"
+    assert host.judge_probe("tcg", result(124)).detail == "the test guest did not boot under tcg in time"
+
+
+def test_a_booted_guest_has_no_raw_output() -> None:
+    assert host.judge_probe("kvm", result(0, host.PROBE_MARKER + "\r\n")).raw == ""
+
+
+def test_cached_probe_without_raw_still_loads() -> None:
+    """kvm-probe.json files written before AccelProbe had `raw` load as before; new ones keep it."""
+    old = json.loads('{"accel": "kvm", "usable": false, "detail": "crashed"}')
+    assert host.AccelProbe(**old) == host.AccelProbe("kvm", False, "crashed", "")
+    new = asdict(host.judge_probe("kvm", result(-6, "", ASSERTION)))
+    assert host.AccelProbe(**json.loads(json.dumps(new))).raw.endswith("failed.")

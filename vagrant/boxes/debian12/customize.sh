@@ -106,4 +106,20 @@ for unit in e2scrub_reap.service e2scrub_all.timer apt-daily.timer apt-daily-upg
 done
 
 apt-get clean
-rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/*.log /tmp/* /var/tmp/*
+rm -rf /var/log/*.log /tmp/* /var/tmp/*
+
+# apt state: the box ships with NO package lists and nothing that looks like a fresh `apt-get
+# update`. Ansible's apt module (`update_cache: true, cache_valid_time: N`) skips the update when
+# /var/lib/apt/periodic/update-success-stamp, or else the /var/lib/apt/lists directory itself, has
+# an mtime within N seconds; removing the lists bumps that directory's mtime to the build time, so
+# a box used within an hour of its build skipped the update and then found no packages at all
+# ("No package matching ..."). So: empty lists (with apt's own partial/ and lock), no binary caches
+# (apt-get clean above leaves the lists and may recreate the lock), no success stamp, and the lists
+# directory's mtime at the epoch. This runs last: nothing after it may touch /var/lib/apt
+# (mke2fs -d keeps these mtimes in the image).
+rm -rf /var/lib/apt/lists /var/cache/apt/pkgcache.bin /var/cache/apt/srcpkgcache.bin \
+  /var/lib/apt/periodic/update-success-stamp
+install -d -m 0755 -o root -g root /var/lib/apt/lists
+install -d -m 0700 -o _apt -g root /var/lib/apt/lists/partial
+install -m 0640 -o root -g root /dev/null /var/lib/apt/lists/lock
+touch -d @0 /var/lib/apt/lists/partial /var/lib/apt/lists

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import vagrant
+from harness.errors import HostError
+
+
+def test_node_lines_become_progress() -> None:
+    assert vagrant.parse_progress("==> gpu01: Creating domain...\n") == ("gpu01", "Creating domain...")
+    assert vagrant.parse_progress("Bringing machine 'gpu01' up with 'libvirt' provider...") is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "==> compute01: Created volume larger than box defaults, will require manual resizing of filesystems "
+        "to utilize.",
+        "==> mgmt01:  Created volume larger than box defaults, will require manual resizing of filesystems to "
+        "utilize.\n",
+    ],
+)
+def test_misleading_lines_are_not_progress(line: str) -> None:
+    assert vagrant.parse_progress(line) is None
+
+
+def test_importing_the_harness_does_not_import_python_vagrant() -> None:
+    """python-vagrant logs "The Vagrant executable cannot be found" at import on a host without
+    Vagrant; the CLI (--help, doctor) must not import it."""
+    code = "import sys, harness.cli, harness.doctor, harness.lifecycle; print('vagrant' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_python_vagrant_import_says_nothing_without_vagrant_on_path() -> None:
+    code = (
+        "import logging; logging.basicConfig(level=logging.DEBUG)\n"
+        "from harness import vagrant\n"
+        "print(vagrant._python_vagrant().__name__)\n"
+    )
+    env = {"PATH": "/nonexistent"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert result.stdout.strip() == "vagrant"
+    assert "cannot be found" not in result.stdout + result.stderr
+
+
+def test_missing_vagrant_is_a_host_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    env = vagrant.VagrantEnvironment(tmp_path, tmp_path / "vagrant.log")
+    with pytest.raises(HostError, match="harness host setup"):
+        env.up()
+    assert env.destroy() is False
