@@ -20,7 +20,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from harness import __version__, box, host, lifecycle
+from harness import __version__, box, capabilities, host, lifecycle
 from harness.cli_gpus import gpus
 from harness.errors import HarnessError, Interrupted, SpecError
 from harness.paths import scenario_search_dirs
@@ -86,11 +86,27 @@ def main(verbose: int) -> None:
 
 @main.command()
 @click.argument("scenario")
-def validate(scenario: str) -> None:
-    """Check a scenario file; report every problem with its key path (exit 2 if any)."""
+@click.option("--no-playbook", is_flag=True, help="Check the scenario file only, not its playbook.")
+def validate(scenario: str, no_playbook: bool) -> None:
+    """Check a scenario file and its playbook, before any VM exists (exit 2 on any problem).
+
+    The scenario: every problem with its key path. The playbook: `ansible-playbook --syntax-check`
+    with the run's roles and collections, so a missing role or a module from an absent collection
+    shows up in seconds. Role names defined in several places are listed with the one used."""
     sc = _load(scenario)
     nodes = sc.expanded_nodes()
     out.print(f"{sc.source}: ok — scenario {sc.name!r}, {len(nodes)} node(s): {', '.join(n.name for n in nodes)}")
+    if sc.provision is None or no_playbook:
+        return
+    from harness import playbook
+
+    check = playbook.syntax_check(sc)
+    for shadow in check.shadows:
+        hidden = ", ".join(str(p) for p in shadow.hidden)
+        out.print(f"role {shadow.name!r}: using {shadow.used} (also defined in {hidden}, not used)", highlight=False)
+    if not check.ok:
+        raise SpecError(str(sc.source), check.problems)
+    out.print(f"{sc.resolve(sc.provision.playbook)}: ok — every role and module resolves ({check.seconds:.1f}s)")
 
 
 @main.command()
@@ -353,6 +369,9 @@ def host_setup() -> None:
         host.install_packages(missing)
     else:
         err.print("host packages: all installed")
+    fixed = capabilities.fix_kvm_device()
+    if fixed:
+        err.print(fixed)
     started = host.start_daemons()
     err.print(f"daemons: {'started ' + ', '.join(started) if started else 'already running'}")
     err.print(f"storage pool {host.POOL_NAME!r}: {'created/started' if host.ensure_pool() else 'ok'}")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import box, gpus, host, network, passthrough, phases, proc, report, rundir
+from harness import box, gpus, host, network, passthrough, phases, playbook, proc, report, rundir
 from harness.errors import (
     DestroyError,
     HarnessError,
@@ -22,6 +22,7 @@ from harness.errors import (
     Interrupted,
     ProviderError,
     ProvisionError,
+    SpecError,
     VerifyError,
 )
 from harness.provider import libvirt as lv
@@ -322,6 +323,7 @@ def run_scenario(
     Returns the report; the caller turns the first failed phase into an exit code."""
     rep = report.RunReport(scenario.name, "")
     holder: dict[str, RunState] = {}
+    check_playbook(scenario, on_progress)
 
     def bring_up() -> None:
         holder["run"] = up(scenario, on_progress)
@@ -357,6 +359,17 @@ def run_scenario(
         elif run is not None:
             rep.record(report.PhaseResult("destroy", "skipped"))
     return rep, holder.get("run")
+
+
+def check_playbook(scenario: Scenario, on_progress: ProgressFn = _noop) -> None:
+    """The playbook's roles and modules resolve (syntax check), before any VM boots; SpecError if not."""
+    if scenario.provision is None:
+        return
+    check = playbook.syntax_check(scenario)
+    for shadow in check.shadows:
+        on_progress("validate", f"role {shadow.name!r} from {shadow.used} (not {', '.join(map(str, shadow.hidden))})")
+    if not check.ok:
+        raise SpecError(str(scenario.source), check.problems)
 
 
 def first_failure(rep: report.RunReport) -> HarnessError | None:

@@ -19,7 +19,23 @@ from harness.errors import SpecError
 DEFAULT_BOX = "harness/debian12"
 BUILTIN_GROUPS = ("login", "mgmt", "gpu")
 _HOSTNAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-_GROUP = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# Group names as Ansible takes them (it only warns about '-' and '.': `slurm-master`, `kube-node`
+# are everywhere in real inventories). Refused: what breaks Ansible host patterns (':', ',', '!',
+# '&', '*', '[', spaces...) and the names Ansible reserves.
+_GROUP = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
+_GROUP_RULE = "group names are letters, digits, '_', '-' and '.', starting with a letter or '_'"
+RESERVED_GROUPS = ("all", "ungrouped")
+
+
+def group_name_problem(name: str) -> str | None:
+    """Why Ansible would not take `name` as a group name, or None."""
+    if name in RESERVED_GROUPS:
+        return f"{name!r} is reserved by Ansible (every inventory has it); choose another name"
+    if not _GROUP.match(name):
+        return f"{name!r}: {_GROUP_RULE} (what Ansible host patterns accept)"
+    return None
+
+
 _PCI = re.compile(
     r"^(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):(?P<slot>[0-1][0-9a-fA-F])\.(?P<fn>[0-7])$"
 )
@@ -74,9 +90,9 @@ class NodeSpec(_Model):
     @field_validator("groups")
     @classmethod
     def _groups(cls, v: list[str]) -> list[str]:
-        bad = [g for g in v if not _GROUP.match(g)]
+        bad = [why for why in map(group_name_problem, v) if why]
         if bad:
-            raise ValueError(f"group names must be lowercase identifiers (letters, digits, '_'): {bad}")
+            raise ValueError("; ".join(bad))
         if len(set(v)) != len(v):
             raise ValueError("a group is listed twice")
         return v
@@ -118,6 +134,9 @@ class ProvisionSpec(_Model):
     # Ansible strategy plugin. The mitogen ones keep one Python interpreter per node instead of
     # starting one per task: the same modules and roles, several times faster under TCG.
     strategy: Literal["linear", "free", "mitogen_linear", "mitogen_free"] = "linear"
+    # An Ansible requirements file (collections: local directories or tarballs), installed per run
+    # without any network (ansible-galaxy --offline) and cached by content.
+    collections: Path | None = None
 
     @field_validator("roles_path", mode="before")
     @classmethod
@@ -224,8 +243,9 @@ def _semantic_problems(sc: Scenario) -> list[str]:
         if spec.gpus and "gpu" not in spec.groups:
             problems.append(f"nodes[{i}].gpus: only nodes in group 'gpu' get GPUs; add 'gpu' to groups")
     for group, members in sc.groups.items():
-        if not _GROUP.match(group):
-            problems.append(f"groups.{group}: group names must be lowercase identifiers (letters, digits, '_')")
+        why = group_name_problem(group)
+        if why:
+            problems.append(f"groups.{group}: {why}")
         for k, member in enumerate(members):
             if member not in seen:
                 problems.append(f"groups.{group}[{k}]: no node named {member!r}")
@@ -241,6 +261,8 @@ def _semantic_problems(sc: Scenario) -> list[str]:
         for k, rp in enumerate(sc.provision.roles_path):
             if not sc.resolve(rp).is_dir():
                 problems.append(f"provision.roles_path[{k}]: {sc.resolve(rp)} is not a directory")
+        if sc.provision.collections is not None and not sc.resolve(sc.provision.collections).is_file():
+            problems.append(f"provision.collections: {sc.resolve(sc.provision.collections)} is not a file")
     if sc.tests is not None and not sc.resolve(sc.tests).is_dir():
         problems.append(f"tests: {sc.resolve(sc.tests)} is not a directory")
     return problems

@@ -88,7 +88,8 @@ def test_top_level_must_be_a_mapping() -> None:
     [
         ("name: x\nnodes: []\n", "nodes: List should have at least 1 item"),
         ("name: x\nnodes:\n  - name: a\nnetwork:\n  subnet: 10.0.0.0/30\n", "must be /28 or larger"),
-        ("name: x\nnodes:\n  - name: a\n    groups: [Login]\n", "group names must be lowercase"),
+        ("name: x\nnodes:\n  - name: a\n    groups: [slurm:master]\n", "group names are letters, digits"),
+        ("name: x\nnodes:\n  - name: a\n    groups: [all]\n", "'all' is reserved by Ansible"),
         ("name: x\nnodes:\n  - name: a\n    gpus: 99\n", "between 0 and 16"),
         ("name: x\nsource: y\nnodes:\n  - name: a\n", "source: unknown key"),
     ],
@@ -111,3 +112,10 @@ def test_scenario_names_and_paths_resolve(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         find_scenario("nope", [tmp_path / "scenarios"])
     assert "known names: demo" in info.value.problems[0]
+
+
+def test_dashed_group_names_are_taken_as_ansible_takes_them(tmp_path: Path) -> None:
+    text = "name: x\nnodes:\n  - name: a\n    groups: [slurm-master, kube-node]\ngroups:\n  k8s.workers: [a]\n"
+    sc = parse_scenario(text, tmp_path / "s.yml")
+    assert sc.expanded_nodes()[0].groups == ("slurm-master", "kube-node")
+    assert list(sc.groups) == ["k8s.workers"]
