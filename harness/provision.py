@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import re
 import shlex
 import signal
 import threading
@@ -23,6 +24,7 @@ from typing import Any, NamedTuple
 
 import ansible_runner
 
+from harness import tools
 from harness.errors import IdempotenceError, Interrupted, ProvisionError
 from harness.report import Failure, mask_secrets, redact, secret_values
 
@@ -33,6 +35,13 @@ _DONE_EVENTS = {"runner_on_ok", "runner_on_failed", "runner_on_unreachable", "ru
 _TASK_START = {"playbook_on_task_start", "playbook_on_handler_task_start"}
 _DIFF_LINES = 40
 _MESSAGE_LINES = 20
+_LOG_TAIL_LINES = 15
+# How ansible-playbook starts a fatal error: `ERROR! ...` (ansible-core < 2.19), `[ERROR]: ...` after,
+# and its command-line parser's `ansible-playbook: error: ...`.
+_ERROR_LINE = re.compile(r"^(?:ERROR!|\[ERROR\]:?|ansible-playbook: error:)\s*(?P<text>.*)")
+# Causes worth naming shorter than Ansible's sentence (the role's search path stays in the log).
+_KNOWN_CAUSES = (re.compile(r"couldn't resolve module/action '[^']+'"), re.compile(r"the role '[^']+' was not found"))
+_ERROR_WHERE = re.compile(r"The error appears to be in '(?P<file>[^']+)': line (?P<line>\d+)|^Origin: (?P<origin>\S+)")
 
 
 @dataclass
@@ -45,6 +54,7 @@ class ProvisionOptions:
     ident: str
     ssh_config: Path | None = None
     strategy: str = "linear"
+    collections_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,8 @@ class TaskFailure:
     action: str
     message: str
     path_to_log: Path
+    # Where the task is defined, as Ansible gives it: `/x/roles/lmod/tasks/main.yml:12`.
+    task_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,7 @@ class TaskChange:
     task: str
     role: str | None
     diff: str | None
+    task_path: str | None = None
 
 
 class TaskDuration(NamedTuple):
@@ -91,6 +104,8 @@ class ProvisionResult:
     changed: list[TaskChange] = field(default_factory=list)
     task_durations: list[TaskDuration] = field(default_factory=list)
     log_path: Path = Path("stdout")
+    # The end of the log (secrets masked), kept when the run failed without naming a failed task.
+    log_tail: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -109,6 +124,8 @@ class Progress:
     tasks_started: int
     elapsed: float
     finished: bool
+    # Hosts seen in the current play so far (the events never list a play's hosts up front).
+    hosts_total: int = 0
 
 
 def task_label(task: str, role: str | None) -> str:
@@ -120,7 +137,8 @@ class ProgressTracker:
     """Consumes ansible-runner events and keeps the current task and per-host counts.
 
     hosts_done counts hosts that finished the current task; hosts_failed counts hosts that failed
-    (ignore_errors excluded) or were unreachable anywhere in the run.
+    (ignore_errors excluded) or were unreachable anywhere in the run; hosts_total counts the hosts
+    seen so far in the current play (the events name a play's hosts only as they start tasks).
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -132,10 +150,15 @@ class ProgressTracker:
         self.finished = False
         self._done: set[str] = set()
         self._failed: set[str] = set()
+        self._play_hosts: set[str] = set()
 
     @property
     def hosts_done(self) -> int:
         return len(self._done)
+
+    @property
+    def hosts_total(self) -> int:
+        return len(self._play_hosts)
 
     @property
     def hosts_failed(self) -> int:
@@ -151,13 +174,19 @@ class ProgressTracker:
         data = event.get("event_data") or {}
         if kind == "playbook_on_play_start":
             self.play = data.get("play") or data.get("name")
+            self._play_hosts.clear()
             return True
         if kind in _TASK_START:
             self.current_task = task_label(data.get("task") or data.get("name") or "", data.get("role"))
             self.tasks_started += 1
             self._done.clear()
             return True
+        if kind == "runner_on_start" and data.get("host"):
+            new = data["host"] not in self._play_hosts
+            self._play_hosts.add(data["host"])
+            return new
         if kind in _DONE_EVENTS and data.get("host"):
+            self._play_hosts.add(data["host"])
             self._done.add(data["host"])
             if kind == "runner_on_unreachable" or (kind == "runner_on_failed" and not data.get("ignore_errors")):
                 self._failed.add(data["host"])
@@ -168,8 +197,9 @@ class ProgressTracker:
         return False
 
     def snapshot(self) -> Progress:
-        done, failed = self.hosts_done, self.hosts_failed
-        return Progress(self.play, self.current_task, done, failed, self.tasks_started, self.elapsed, self.finished)
+        done, failed, total = self.hosts_done, self.hosts_failed, self.hosts_total
+        started, elapsed = self.tasks_started, self.elapsed
+        return Progress(self.play, self.current_task, done, failed, started, elapsed, self.finished, total)
 
 
 def _tail(text: str, lines: int = _MESSAGE_LINES) -> str:
@@ -254,10 +284,47 @@ def _stats(data: Mapping[str, Any]) -> dict[str, HostStats]:
     }
 
 
+def _censored(res: Mapping[str, Any]) -> bool:
+    """A result of a `no_log` task: Ansible hides it, and so must every message built from it."""
+    return "censored" in res or bool(res.get("_ansible_no_log"))
+
+
+def _change_diff(res: Mapping[str, Any]) -> str | None:
+    """The rendered diff of a changed task (or of its loop items); never one of a `no_log` result."""
+    if _censored(res):
+        return None
+    diff = render_diff(res.get("diff")) if "diff" in res else None
+    if diff is None:
+        items = [i for i in res.get("results") or [] if isinstance(i, Mapping) and not _censored(i)]
+        diff = "\n".join(d for d in (render_diff(i.get("diff")) for i in items) if d) or None
+    return diff
+
+
+def _meaningful(line: str) -> bool:
+    """Not blank, and not only the `****` padding Ansible puts after PLAY/TASK headers."""
+    return bool(line.strip().strip("*").strip())
+
+
+def _log_tail(log_path: Path, secrets: Iterable[str], lines: int = _LOG_TAIL_LINES) -> list[str]:
+    """The last meaningful lines of a run's stdout log, secrets masked; Ansible's ERROR lines from
+    before that window come first. [] when the log cannot be read."""
+    try:
+        text = log_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    rows = [r.rstrip() for r in mask_secrets(text, secrets).replace("\r", "").splitlines() if _meaningful(r)]
+    if len(rows) <= lines:
+        return rows
+    errors = [r for r in rows[:-lines] if _ERROR_LINE.match(r)][-5:]
+    skipped = len(rows) - lines - len(errors)
+    return [*errors, f"... ({skipped} lines left out)", *rows[-lines:]]
+
+
 def result_from_events(
     events: Iterable[Event], rc: int, status: str, log_path: Path, secrets: Iterable[str] = ()
 ) -> ProvisionResult:
-    """Build a ProvisionResult from ansible-runner events (live or read back from job_events)."""
+    """Build a ProvisionResult from ansible-runner events (live or read back from job_events).
+    When the run failed without a failed task, the end of its log is kept (see abort_cause)."""
     secrets = list(secrets)
     stats: dict[str, HostStats] = {}
     failures: list[TaskFailure] = []
@@ -272,6 +339,7 @@ def result_from_events(
         if kind not in _DONE_EVENTS:
             continue
         host, task, role = str(data.get("host", "?")), str(data.get("task", "?")), data.get("role")
+        task_path = str(data["task_path"]) if data.get("task_path") else None
         raw = data.get("res")
         res: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
         seconds = _duration(data)
@@ -282,18 +350,19 @@ def result_from_events(
             if kind == "runner_on_unreachable":
                 message = f"unreachable: {message}"
             action = str(data.get("task_action") or data.get("resolved_action") or "?")
-            failures.append(TaskFailure(host, task, role, action, message, log_path))
+            failures.append(TaskFailure(host, task, role, action, message, log_path, task_path))
         elif kind == "runner_on_ok" and res.get("changed"):
-            diff = render_diff(res.get("diff")) if "diff" in res else None
-            if diff is None:
-                item_diffs = [render_diff(i.get("diff")) for i in res.get("results") or [] if isinstance(i, Mapping)]
-                diff = "\n".join(d for d in item_diffs if d) or None
-            changed.append(TaskChange(host, task, role, mask_secrets(diff, secrets) if diff else None))
+            diff = _change_diff(res)
+            changed.append(TaskChange(host, task, role, mask_secrets(diff, secrets) if diff else None, task_path))
     if stats:
         # A failure inside a block that a `rescue` handled leaves the host with zero failures.
         failures = [f for f in failures if stats.get(f.host, HostStats(failures=1)).failures
                     or stats.get(f.host, HostStats()).unreachable]  # fmt: skip
-    return ProvisionResult(int(rc), str(status), stats, failures, changed, durations, log_path)
+    result = ProvisionResult(int(rc), str(status), stats, failures, changed, durations, log_path)
+    if not result.ok and not result.failures:
+        # Nothing names the cause (a play that aborted before any task, say): keep the log's end.
+        result.log_tail = _log_tail(log_path, secrets)
+    return result
 
 
 def load_events(artifact_dir: Path) -> list[dict[str, Any]]:
@@ -324,6 +393,8 @@ def _envvars(opts: ProvisionOptions) -> dict[str, str]:
         f" -F {shlex.quote(str(opts.ssh_config))}" if opts.ssh_config else ""
     )
     env = {
+        # ansible-playbook and the ssh it runs, found without an activated virtualenv.
+        "PATH": tools.search_path(),
         "ANSIBLE_ROLES_PATH": ":".join(str(p.resolve()) for p in opts.roles_path),
         "ANSIBLE_HOST_KEY_CHECKING": "False",
         "ANSIBLE_FORCE_COLOR": "0",
@@ -331,6 +402,9 @@ def _envvars(opts: ProvisionOptions) -> dict[str, str]:
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_SSH_ARGS": ssh_args,
         "ANSIBLE_STRATEGY": opts.strategy,
+        # Changed tasks carry their diff, so an idempotence failure shows what changed (no_log
+        # tasks stay censored: Ansible drops their diff).
+        "ANSIBLE_DIFF_ALWAYS": "True",
         # Gather each node's facts once per converge, not again in every play of the playbook.
         "ANSIBLE_GATHERING": "smart",
         # Connection timeout. Ansible's 10 s default is too short for a VM under TCG that is busy
@@ -338,6 +412,8 @@ def _envvars(opts: ProvisionOptions) -> dict[str, str]:
         "ANSIBLE_TIMEOUT": "60",
         "ANSIBLE_SSH_RETRIES": "3",
     }
+    if opts.collections_path is not None:
+        env["ANSIBLE_COLLECTIONS_PATH"] = str(opts.collections_path)
     if opts.strategy.startswith("mitogen"):
         env["ANSIBLE_STRATEGY_PLUGINS"] = str(mitogen_strategy_dir())
     return env
@@ -366,6 +442,7 @@ def run_playbook(opts: ProvisionOptions, on_progress: Callable[[Progress], None]
     log.info("running %s (ident %s), log: %s", playbook.name, opts.ident, log_path)
     log.debug("extra vars (secrets dropped): %s", json.dumps(redact(opts.extra_vars), default=str))
 
+    tools.find("ansible-playbook")  # HostError saying what installs it; envvars' PATH finds it
     events: list[Event] = []
     tracker = ProgressTracker()
 
@@ -412,6 +489,38 @@ def _indent(text: str, prefix: str = "      ") -> str:
     return "\n".join(prefix + line for line in text.splitlines())
 
 
+def _from(task_path: str | None, prefix: str = "\n") -> str:
+    """Where a task is defined, as one more line of a message; "" when the event did not say."""
+    return f"{prefix}from {task_path}" if task_path else ""
+
+
+def _cause(lines: list[str]) -> str | None:
+    """One line saying why ansible-playbook stopped, from its first ERROR line; None without one."""
+    error = next((m for m in map(_ERROR_LINE.match, lines) if m), None)
+    if error is None:
+        return None
+    text = error["text"].strip()
+    known = next((m for m in (p.search(text) for p in _KNOWN_CAUSES) if m), None)
+    cause = known.group(0) if known else text.split(". ")[0].rstrip(".")
+    where = next((m for m in map(_ERROR_WHERE.search, lines) if m), None)
+    if where:
+        cause += f" at {where['file']}:{where['line']}" if where["file"] else f" at {where['origin']}"
+    return cause if len(cause) <= 300 else cause[:297] + "..."
+
+
+def abort_cause(result: ProvisionResult) -> str:
+    """Why a run failed without naming a failed task (a missing collection or role, a syntax
+    error): a first line with the cause where Ansible's ERROR line gives one, then the end of the
+    log with secrets masked (ProvisionResult.log_tail)."""
+    cause = _cause(result.log_tail)
+    if cause:
+        head = f"ansible-playbook stopped: {cause} (status {result.status}, rc {result.rc})"
+    else:
+        head = f"ansible-playbook ended with status {result.status}, rc {result.rc}, without a failed task"
+    tail = "\n".join(result.log_tail) if result.log_tail else f"(nothing readable in {result.log_path})"
+    return f"{head}\n  the end of the log says:\n{_indent(tail, '    ')}"
+
+
 def check_converged(result: ProvisionResult) -> None:
     """Raise ProvisionError naming every failed task (host, task, module message) and the log."""
     if result.ok:
@@ -422,17 +531,12 @@ def check_converged(result: ProvisionResult) -> None:
             f"provisioning failed on {len(hosts)} host(s): {', '.join(hosts)} (status {result.status}, rc {result.rc})"
         )
         body = "\n".join(
-            f"  - {f.host}: task '{task_label(f.task, f.role)}' ({f.action}) failed:\n{_indent(f.message)}"
+            f"  - {f.host}: task '{task_label(f.task, f.role)}' ({f.action}) failed:\n"
+            + _indent(f"from {f.task_path}\n{f.message}" if f.task_path else f.message)
             for f in result.failures
         )
-    else:
-        head = f"ansible-playbook ended with status {result.status}, rc {result.rc}, without a failed task"
-        try:
-            tail = _tail(result.log_path.read_text(encoding="utf-8", errors="replace"), 15)
-        except OSError:
-            tail = "(log not readable)"
-        body = "  the end of the log says:\n" + _indent(tail, "    ")
-    raise ProvisionError(f"{head}\n{body}\nFull log: {result.log_path}")
+        raise ProvisionError(f"{head}\n{body}\nFull log: {result.log_path}")
+    raise ProvisionError(f"{abort_cause(result)}\nFull log: {result.log_path}")
 
 
 def check_idempotent(result: ProvisionResult) -> None:
@@ -448,6 +552,8 @@ def check_idempotent(result: ProvisionResult) -> None:
         lines.append(
             f"  - {c.host}: task '{task_label(c.task, c.role)}' changed" + (":" if c.diff else " (no diff given)")
         )
+        if c.task_path:
+            lines.append(_indent(_from(c.task_path, "")))
         if c.diff:
             lines.append(_indent(c.diff))
     named = {c.host for c in result.changed}
@@ -466,7 +572,10 @@ def check_idempotent(result: ProvisionResult) -> None:
 def failures_for_report(result: ProvisionResult) -> list[Failure]:
     """Failed tasks as report entries."""
     return [
-        Failure(f"{f.host}: {task_label(f.task, f.role)}", f"{f.action}: {f.message}\nFull log: {result.log_path}")
+        Failure(
+            f"{f.host}: {task_label(f.task, f.role)}",
+            f"{f.action}: {f.message}{_from(f.task_path)}\nFull log: {result.log_path}",
+        )
         for f in result.failures
     ]
 
@@ -474,5 +583,11 @@ def failures_for_report(result: ProvisionResult) -> list[Failure]:
 def changes_for_report(result: ProvisionResult) -> list[Failure]:
     """Tasks that changed on a converge that should have changed nothing, as report entries."""
     return [
-        Failure(f"{c.host}: {task_label(c.task, c.role)}", c.diff or "changed (no diff given)") for c in result.changed
+        Failure(
+            f"{c.host}: {task_label(c.task, c.role)}",
+            ("changed" if c.diff else "changed (no diff given)")
+            + _from(c.task_path, ", ")
+            + (f"\n{c.diff}" if c.diff else ""),
+        )
+        for c in result.changed
     ]

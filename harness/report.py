@@ -8,12 +8,15 @@ provisioning results carry only what the events carry.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+log = logging.getLogger(__name__)
 
 MASK = "********"
 PHASES = ("up", "provision", "idempotence", "verify", "destroy")
@@ -84,6 +87,8 @@ class PhaseResult:
     failures: list[Failure] = field(default_factory=list)
     # One line of what the phase counted, e.g. "36 passed, 0 failed, 0 skipped" or "ok=352 changed=0".
     detail: str = ""
+    # The phase's own JUnit file (verify's pytest run), whose testcases junit.xml takes in.
+    junit: Path | None = None
 
 
 @dataclass
@@ -142,42 +147,83 @@ def _first_line(text: str, limit: int = 200) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _junit(report: RunReport) -> ET.ElementTree:
-    suite = ET.Element("testsuite", name=report.scenario)
-    props = ET.SubElement(suite, "properties")
-    ET.SubElement(props, "property", name="run_id", value=report.run_id)
-    tests = failures = skipped = 0
-    total = 0.0
-    for p in report.all_phases():
-        total += p.seconds
-        case = ET.SubElement(suite, "testcase", classname=report.scenario, name=p.name, time=f"{p.seconds:.3f}")
-        tests += 1
+def _case(classname: str, name: str, seconds: float) -> ET.Element:
+    return ET.Element("testcase", classname=classname, name=_xml_text(name), time=f"{seconds:.3f}")
+
+
+def _phase_cases(scenario: str, p: PhaseResult) -> list[ET.Element]:
+    """One testcase for a phase that passed or was skipped; one per failure for a phase that failed
+    (a failure named like its phase keeps the phase's own test id)."""
+    if p.status != "failed":
+        case = _case(scenario, p.name, p.seconds)
         if p.status == "skipped":
             ET.SubElement(case, "skipped")
-            skipped += 1
-        elif p.status == "failed":
-            failures += 1
-            summary = f"{len(p.failures)} failure(s)" if p.failures else f"phase {p.name} failed"
-            el = ET.SubElement(case, "failure", message=summary, type="PhaseFailure")
-            el.text = _xml_text("\n".join(f.name for f in p.failures))
-        for f in p.failures:
-            sub = ET.SubElement(
-                suite, "testcase", classname=f"{report.scenario}.{p.name}", name=_xml_text(f.name), time="0.000"
-            )
-            el = ET.SubElement(sub, "failure", message=_first_line(f.message), type=f"{p.name.capitalize()}Failure")
-            el.text = _xml_text(f.message)
-            tests += 1
-            failures += 1
-    attrs = {
-        "tests": str(tests),
-        "failures": str(failures),
-        "errors": "0",
-        "skipped": str(skipped),
-        "time": f"{total:.3f}",
-    }
-    suite.attrib.update(attrs)
-    root = ET.Element("testsuites", {"name": "harness", **attrs})
-    root.append(suite)
+        return [case]
+    cases = []
+    for f in p.failures or [Failure(p.name, f"phase {p.name} failed")]:
+        own = f.name == p.name
+        case = _case(scenario if own else f"{scenario}.{p.name}", f.name, p.seconds if own else 0.0)
+        el = ET.SubElement(case, "failure", message=_first_line(f.message), type=f"{p.name.capitalize()}Failure")
+        el.text = _xml_text(f.message)
+        cases.append(case)
+    return cases
+
+
+def _verify_cases(scenario: str, p: PhaseResult) -> list[ET.Element] | None:
+    """Every testcase of verify's own JUnit file, plus a case for each failure the file does not
+    name (no test collected, say); None when there is no file to read."""
+    if p.junit is None:
+        return None
+    try:
+        cases = list(ET.parse(p.junit).getroot().iter("testcase"))
+    except (OSError, ET.ParseError) as exc:
+        log.warning("cannot read verify's JUnit file %s (%s); junit.xml lists its failures only", p.junit, exc)
+        return None
+    named = {f"{c.get('classname', '')}::{c.get('name', '')}".strip(":") for c in cases}
+    extra = [f for f in p.failures if f.name not in named]
+    failing = any(c.find("failure") is not None or c.find("error") is not None for c in cases)
+    if extra or (p.status == "failed" and not failing):
+        cases += _phase_cases(scenario, PhaseResult(p.name, "failed", 0.0, extra))
+    return cases
+
+
+_OUTCOMES = (("failure", "failures"), ("error", "errors"), ("skipped", "skipped"))
+
+
+def _suite(name: str, cases: list[ET.Element], seconds: float) -> ET.Element:
+    """A testsuite of cases, its counts taken from the cases themselves."""
+    suite = ET.Element("testsuite", name=name)
+    counts = {"tests": len(cases), "failures": 0, "errors": 0, "skipped": 0}
+    for case in cases:
+        # A test that failed and then errored in teardown counts once, as failed.
+        outcome = next((k for tag, k in _OUTCOMES if case.find(tag) is not None), None)
+        if outcome is not None:
+            counts[outcome] += 1
+    suite.attrib.update({k: str(v) for k, v in counts.items()}, time=f"{seconds:.3f}")
+    suite.extend(cases)
+    return suite
+
+
+def _junit(report: RunReport) -> ET.ElementTree:
+    """One testsuite for the phases, one for verify's tests (read back from its own JUnit file):
+    every task failure and every test counted once."""
+    phases, verify = [], None
+    for p in report.all_phases():
+        cases = _verify_cases(report.scenario, p) if p.name == "verify" else None
+        if cases is None:
+            phases.append((p, _phase_cases(report.scenario, p)))
+        else:
+            verify = _suite(f"{report.scenario}.verify", cases, p.seconds)
+    main = _suite(report.scenario, [c for _, cases in phases for c in cases], sum(p.seconds for p, _ in phases))
+    props = ET.Element("properties")
+    ET.SubElement(props, "property", name="run_id", value=report.run_id)
+    main.insert(0, props)
+    suites = [main] if verify is None else [main, verify]
+    totals = {k: sum(int(s.get(k, "0")) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    seconds = sum(float(s.get("time", "0")) for s in suites)
+    root = ET.Element("testsuites", {"name": "harness", **{k: str(v) for k, v in totals.items()}})
+    root.set("time", f"{seconds:.3f}")
+    root.extend(suites)
     ET.indent(root)
     return ET.ElementTree(root)
 

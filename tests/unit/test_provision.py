@@ -17,6 +17,7 @@ from harness.provision import (
     ProvisionOptions,
     ProvisionResult,
     _envvars,
+    abort_cause,
     changes_for_report,
     check_converged,
     check_idempotent,
@@ -30,6 +31,7 @@ from harness.provision import (
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ansible"
 LOG = Path("/tmp/harness-run/artifacts/fixture/stdout")
+PLAYBOOKS = "/src/harness/tests/fixtures/ansible/playbooks"
 
 
 def _events(case: str) -> list[dict[str, Any]]:
@@ -37,9 +39,9 @@ def _events(case: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
-def _result(case: str, secrets: tuple[str, ...] = ()) -> ProvisionResult:
+def _result(case: str, secrets: tuple[str, ...] = (), log: Path = LOG) -> ProvisionResult:
     meta = json.loads((FIXTURES / case / "result.json").read_text(encoding="utf-8"))
-    return result_from_events(_events(case), meta["rc"], meta["status"], LOG, secrets)
+    return result_from_events(_events(case), meta["rc"], meta["status"], log, secrets)
 
 
 # --- results from recorded events -------------------------------------------------------------
@@ -125,6 +127,8 @@ def test_failing_task_names_every_failure_and_skips_ignored_errors() -> None:
         ("node1", "Fail on purpose", "ansible.builtin.command"),
     ]
     scratch = result.failures[0]
+    assert scratch.task_path == f"{PLAYBOOKS}/failing.yml:12"
+    assert result.failures[1].task_path == f"{PLAYBOOKS}/failing.yml:16"
     assert scratch.message.startswith("non-zero return code")
     assert "scratch disk /dev/vdb is missing" in scratch.message
     assert scratch.path_to_log == LOG
@@ -137,7 +141,10 @@ def test_check_converged_reports_host_task_message_and_log() -> None:
 
     msg = str(err.value)
     assert "provisioning failed on 2 host(s): node1, node2" in msg
-    assert "node2: task 'Check the scratch disk' (ansible.builtin.shell) failed:" in msg
+    assert (
+        f"node2: task 'Check the scratch disk' (ansible.builtin.shell) failed:\n      from {PLAYBOOKS}/failing.yml:12\n"
+        in msg
+    )
     assert "scratch disk /dev/vdb is missing" in msg
     assert "node1: task 'Fail on purpose' (ansible.builtin.command) failed:" in msg
     assert "non-zero return code" in msg
@@ -208,6 +215,131 @@ def test_failed_run_without_failed_task_quotes_the_log(tmp_path: Path) -> None:
     assert f"Full log: {log}" in str(err.value)
 
 
+def test_aborted_play_names_its_cause_first_then_the_log() -> None:
+    result = _result("aborted_play", log=FIXTURES / "aborted_play" / "stdout")
+
+    assert not result.ok and result.stats == {} and result.failures == []
+    cause = abort_cause(result)
+    first = cause.splitlines()[0]
+    assert first == (
+        "ansible-playbook stopped: couldn't resolve module/action 'community.general.no_such_module' "
+        f"at {PLAYBOOKS}/aborted.yml:7 (status failed, rc 4)"
+    )
+    assert "the end of the log says:" in cause
+    assert "- name: Probe with a module from a missing collection" in cause
+    assert "\n\n" not in cause  # blank lines of the log dropped
+    with pytest.raises(ProvisionError) as err:
+        check_converged(result)
+    assert str(err.value).startswith(first + "\n")
+    assert str(err.value).rstrip().endswith(f"Full log: {FIXTURES / 'aborted_play' / 'stdout'}")
+
+
+def test_missing_role_is_named_without_its_search_path(tmp_path: Path) -> None:
+    log = tmp_path / "stdout"
+    log.write_text(
+        "ERROR! the role 'slurm' was not found in /x/roles:/root/.ansible/roles\n\n"
+        "The error appears to be in '/x/site.yml': line 5, column 7, but may\n"
+    )
+    first = abort_cause(result_from_events([], 1, "failed", log)).splitlines()[0]
+    assert first == "ansible-playbook stopped: the role 'slurm' was not found at /x/site.yml:5 (status failed, rc 1)"
+
+
+def test_abort_log_tail_keeps_early_error_lines_first_and_masks_secrets(tmp_path: Path) -> None:
+    log = tmp_path / "stdout"
+    rows = ["PLAY [x] ******", "", "ERROR! Syntax Error while loading YAML. found a tab", "  token: hunter22"]
+    log.write_text("\r\n".join([*rows, *(f"detail {i}" for i in range(30))]) + "\n")
+    result = result_from_events([], 4, "failed", log, secrets=("hunter22",))
+
+    assert result.log_tail[0] == "ERROR! Syntax Error while loading YAML. found a tab"
+    assert result.log_tail[1] == "... (17 lines left out)"
+    assert result.log_tail[2:] == [f"detail {i}" for i in range(15, 30)]
+    assert abort_cause(result).splitlines()[0].startswith("ansible-playbook stopped: Syntax Error while loading YAML ")
+    short = tmp_path / "short"
+    short.write_text("\n".join(rows) + "\n")
+    masked = abort_cause(result_from_events([], 4, "failed", short, secrets=("hunter22",)))
+    assert "hunter22" not in masked and "token: ********" in masked
+    assert "PLAY [x]" in masked
+
+
+def test_failed_run_without_a_readable_log_says_so(tmp_path: Path) -> None:
+    result = result_from_events([], 4, "failed", tmp_path / "missing")
+    cause = abort_cause(result)
+    assert cause.splitlines()[0] == "ansible-playbook ended with status failed, rc 4, without a failed task"
+    assert f"(nothing readable in {tmp_path / 'missing'})" in cause
+
+
+def test_converged_run_keeps_no_log_tail() -> None:
+    assert _result("converge_clean").log_tail == []
+    assert _result("failing_task").log_tail == []  # its failed tasks say what went wrong
+
+
+def test_failed_tasks_and_changes_say_which_file_they_come_from() -> None:
+    [entry, *_] = failures_for_report(_result("failing_task"))
+    assert entry.message.splitlines()[-2:] == [f"from {PLAYBOOKS}/failing.yml:12", f"Full log: {LOG}"]
+
+    drift = _result("converge_drift")
+    paths = {(c.host, c.task): c.task_path for c in drift.changed}
+    assert paths[("node1", "Write the message of the day")] == f"{PLAYBOOKS}/roles/motd/tasks/main.yml:8"
+    entries = {e.name: e.message for e in changes_for_report(drift)}
+    write = entries["node1: motd : Write the message of the day"]
+    assert write.startswith(f"changed, from {PLAYBOOKS}/roles/motd/tasks/main.yml:8\n")
+    assert "+Maintenance tonight" in write
+    reload = entries["node1: motd : Reload the motd service"]
+    assert reload == f"changed (no diff given), from {PLAYBOOKS}/roles/motd/tasks/main.yml:26"
+    with pytest.raises(IdempotenceError) as err:
+        check_idempotent(drift)
+    assert (
+        "node1: task 'motd : Write the message of the day' changed:\n"
+        f"      from {PLAYBOOKS}/roles/motd/tasks/main.yml:8\n"
+    ) in str(err.value)
+
+
+def _changed(res: dict[str, Any]) -> list[dict[str, Any]]:
+    data = {"host": "n1", "task": "Write config", "role": "app", "task_path": "/r/app/tasks/main.yml:3", "res": res}
+    return [
+        {"counter": 1, "event": "runner_on_ok", "event_data": data},
+        {"counter": 2, "event": "playbook_on_stats", "event_data": {"ok": {"n1": 1}, "changed": {"n1": 1}}},
+    ]
+
+
+def test_diff_of_an_always_diff_converge_reaches_the_report() -> None:
+    diff = [
+        {"before": "port=1\n", "after": "port=2\n", "before_header": "/etc/app.conf", "after_header": "/etc/app.conf"},
+        {"before": {"mode": "0644"}, "after": {"mode": "0600"}},
+    ]
+    result = result_from_events(_changed({"changed": True, "diff": diff}), 0, "successful", LOG)
+
+    [entry] = changes_for_report(result)
+    assert entry.name == "n1: app : Write config"
+    assert entry.message.splitlines()[0] == "changed, from /r/app/tasks/main.yml:3"
+    assert "-port=1" in entry.message and "+port=2" in entry.message
+    assert '+mode: "0600"' in entry.message
+
+
+def test_no_log_results_never_show_a_diff_or_value() -> None:
+    hidden = "the output has been hidden due to the fact that 'no_log: true' was specified for this result"
+    censored = {"censored": hidden, "changed": True, "diff": {"before": "old-s3cr3t\n", "after": "new-s3cr3t\n"}}
+    item_censored = {
+        "changed": True,
+        "results": [
+            {"censored": hidden, "changed": True, "diff": {"before": "a-s3cr3t\n", "after": "b-s3cr3t\n"}},
+            {"_ansible_no_log": True, "changed": True, "diff": {"before": "c-s3cr3t\n", "after": "d-s3cr3t\n"}},
+            {"changed": True, "diff": {"before": "plain-old\n", "after": "plain-new\n"}},
+        ],
+    }
+    for res, shown in ((censored, None), (item_censored, "+plain-new")):
+        result = result_from_events(_changed(res), 0, "successful", LOG)
+        [change] = result.changed
+        assert (change.diff is None) if shown is None else (change.diff is not None and shown in change.diff)
+        with pytest.raises(IdempotenceError) as err:
+            check_idempotent(result)
+        texts = [str(err.value), *(e.message for e in changes_for_report(result))]
+        assert all("s3cr3t" not in text for text in texts), texts
+    failed = [{"counter": 1, "event": "runner_on_failed", "event_data": {"host": "n1", "task": "t", "res": censored}}]
+    [failure] = result_from_events(failed, 2, "failed", LOG).failures
+    assert failure.message == hidden
+
+
 def test_render_diff_shapes() -> None:
     assert render_diff({"before": {"state": "file"}, "after": {"state": "file"}}) is None
     assert render_diff({"prepared": "+ pkg nvidia-driver"}) == "+ pkg nvidia-driver"
@@ -223,16 +355,21 @@ def test_render_diff_shapes() -> None:
 def test_progress_tracker_follows_tasks_and_hosts() -> None:
     now = [100.0]
     tracker = ProgressTracker(clock=lambda: now[0])
-    seen: list[tuple[str | None, int, int]] = []
+    seen: list[tuple[str | None, int, int, int]] = []
     for event in _events("failing_task"):
         now[0] += 0.5
         if tracker.feed(event):
-            seen.append((tracker.current_task, tracker.hosts_done, tracker.hosts_failed))
+            seen.append((tracker.current_task, tracker.hosts_done, tracker.hosts_total, tracker.hosts_failed))
 
-    assert ("Try an optional probe", 2, 0) in seen  # ignored errors are not failures
-    assert ("Check the scratch disk", 2, 1) in seen
-    assert seen[-1] == ("Fail on purpose", 1, 2)
+    # The play names no hosts: they count as they start their first task.
+    probe = "Try an optional probe"
+    assert seen[:4] == [(None, 0, 0, 0), (probe, 0, 0, 0), (probe, 0, 1, 0), (probe, 0, 2, 0)]
+    assert (probe, 2, 2, 0) in seen  # ignored errors are not failures
+    assert ("Check the scratch disk", 0, 2, 0) in seen  # the play's hosts stay counted
+    assert ("Check the scratch disk", 2, 2, 1) in seen
+    assert seen[-1] == ("Fail on purpose", 1, 2, 2)
     snap = tracker.snapshot()
+    assert (snap.hosts_done, snap.hosts_total, snap.hosts_failed) == (1, 2, 2)
     assert snap.finished and snap.tasks_started == 3
     assert snap.play == "Check the fixture hosts"
     assert snap.elapsed == pytest.approx(0.5 * len(_events("failing_task")))

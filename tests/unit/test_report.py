@@ -87,20 +87,125 @@ def test_junit_counts_and_testcases(tmp_path: Path) -> None:
     assert root.tag == "testsuites"
     [suite] = root.findall("testsuite")
     assert suite.get("name") == "tiny"
-    # 5 phases + 2 failing tasks; provision and both tasks fail; 2 phases skipped.
+    # up, idempotence, verify, destroy as phases; provision failed: its 2 failing tasks, counted once.
     counts = [suite.get(a) for a in ("tests", "failures", "skipped", "errors")]
-    assert counts == ["7", "3", "2", "0"]
+    assert counts == ["6", "2", "2", "0"]
     assert float(suite.get("time", "0")) == pytest.approx(62.4 + 30.25 + 5.0)
-    assert root.get("tests") == "7" and root.get("failures") == "3"
+    assert root.get("tests") == "6" and root.get("failures") == "2"
     cases = {(c.get("classname"), c.get("name")): c for c in suite.findall("testcase")}
+    assert len(cases) == 6
     assert cases[("tiny", "up")].find("failure") is None and cases[("tiny", "up")].get("time") == "62.400"
     assert cases[("tiny", "verify")].find("skipped") is not None
-    assert cases[("tiny", "provision")].find("failure") is not None
+    assert ("tiny", "provision") not in cases
     task = cases[("tiny.provision", "node2: Check the scratch disk")].find("failure")
     assert task is not None
     assert task.get("message") == "non-zero return code"
     assert task.text is not None and "scratch disk" in task.text and "\x1b" not in task.text
     assert suite.find("properties/property[@name='run_id']").get("value") == "20250101-abc"  # type: ignore[union-attr]
+
+
+def _verify_junit(path: Path, passed: int, failed: int, skipped: int) -> Path:
+    cases = [f'<testcase classname="test_a" name="test_ok_{i}" time="0.1"/>' for i in range(passed)]
+    cases += [
+        f'<testcase classname="test_a" name="test_bad_{i}" time="0.2"><failure message="no">x</failure></testcase>'
+        for i in range(failed)
+    ]
+    cases += [
+        f'<testcase classname="test_b" name="test_skip_{i}"><skipped message="no GPU"/></testcase>'
+        for i in range(skipped)
+    ]
+    path.write_text(
+        f'<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="{len(cases)}">{"".join(cases)}'
+        "</testsuite></testsuites>"
+    )
+    return path
+
+
+def _counts(el: ET.Element) -> tuple[int, int, int, int]:
+    return tuple(int(el.get(k, "-1")) for k in ("tests", "failures", "errors", "skipped"))  # type: ignore[return-value]
+
+
+def _assert_counts_match_testcases(root: ET.Element) -> None:
+    totals = [0, 0, 0, 0]
+    for suite in root.findall("testsuite"):
+        cases = suite.findall("testcase")
+        outcome = [next((t for t in ("failure", "error", "skipped") if c.find(t) is not None), "") for c in cases]
+        expected = (len(cases), outcome.count("failure"), outcome.count("error"), outcome.count("skipped"))
+        assert _counts(suite) == expected, suite.get("name")
+        totals = [a + b for a, b in zip(totals, expected, strict=True)]
+    assert _counts(root) == tuple(totals)
+
+
+def test_junit_takes_every_verify_test_into_its_own_suite(tmp_path: Path) -> None:
+    junit = _verify_junit(tmp_path / "verify-junit.xml", passed=4, failed=6, skipped=1)
+    verify = PhaseResult(
+        "verify", "failed", 12.5, [Failure(f"test_a::test_bad_{i}", "no") for i in range(6)], junit=junit
+    )
+    report = RunReport(
+        "tiny", "r1", [PhaseResult("up", "passed", 1.0), PhaseResult("provision", "passed", 2.0), verify]
+    )
+    write_reports(report, tmp_path / "out")
+    root = ET.parse(tmp_path / "out" / "junit.xml").getroot()
+
+    main, tests = root.findall("testsuite")
+    assert tests.get("name") == "tiny.verify"
+    assert len(tests.findall("testcase")) == 11
+    assert _counts(tests) == (11, 6, 0, 1)
+    assert float(tests.get("time", "0")) == pytest.approx(12.5)
+    assert {c.get("name") for c in main.findall("testcase")} == {"up", "provision", "idempotence", "destroy"}
+    assert _counts(root) == (15, 6, 0, 3)  # 11 tests + up, provision, idempotence (skipped), destroy (skipped)
+    _assert_counts_match_testcases(root)
+    bad = tests.find("testcase[@name='test_bad_0']/failure")
+    assert bad is not None and bad.get("message") == "no"
+
+
+def test_junit_verify_failures_the_file_does_not_name_get_their_own_case(tmp_path: Path) -> None:
+    junit = _verify_junit(tmp_path / "verify-junit.xml", passed=0, failed=0, skipped=0)
+    verify = PhaseResult("verify", "failed", 1.0, [Failure("pytest", "no test was collected from tests/")], junit=junit)
+    write_reports(RunReport("tiny", "r1", [verify]), tmp_path)
+    root = ET.parse(tmp_path / "junit.xml").getroot()
+
+    [case] = root.findall("testsuite[@name='tiny.verify']/testcase")
+    assert (case.get("classname"), case.get("name")) == ("tiny.verify", "pytest")
+    assert case.find("failure") is not None
+    _assert_counts_match_testcases(root)
+
+
+def test_junit_without_a_readable_verify_file_lists_verify_failures(tmp_path: Path) -> None:
+    verify = PhaseResult(
+        "verify", "failed", 1.0, [Failure("pytest", "pytest did not run")], junit=tmp_path / "gone.xml"
+    )
+    write_reports(RunReport("tiny", "r1", [verify]), tmp_path)
+    root = ET.parse(tmp_path / "junit.xml").getroot()
+
+    [suite] = root.findall("testsuite")
+    assert suite.find("testcase[@classname='tiny.verify'][@name='pytest']/failure") is not None
+    assert suite.find("testcase[@name='verify']") is None
+    _assert_counts_match_testcases(root)
+
+
+def test_junit_failed_phase_without_named_failures_is_one_failed_case(tmp_path: Path) -> None:
+    report = RunReport(
+        "tiny",
+        "r1",
+        [
+            PhaseResult("up", "failed", 3.0, [Failure("up", "vagrant up failed: no box")]),
+            PhaseResult("idempotence", "failed", 2.0),
+        ],
+    )
+    write_reports(report, tmp_path)
+    root = ET.parse(tmp_path / "junit.xml").getroot()
+
+    [suite] = root.findall("testsuite")
+    cases = {(c.get("classname"), c.get("name")): c for c in suite.findall("testcase")}
+    assert len(cases) == 5  # every standard phase once
+    up = cases[("tiny", "up")]  # a failure named like its phase keeps the phase's test id
+    assert up.get("time") == "3.000"
+    assert up.find("failure") is not None and up.find("failure").get("message") == "vagrant up failed: no box"  # type: ignore[union-attr]
+    idem = cases[("tiny", "idempotence")].find("failure")
+    assert idem is not None and idem.get("message") == "phase idempotence failed"
+    assert _counts(root) == (5, 2, 0, 3)
+    _assert_counts_match_testcases(root)
 
 
 def test_junit_is_valid_xml_even_with_control_characters(tmp_path: Path) -> None:

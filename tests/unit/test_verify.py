@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
-from harness import lifecycle, report
-from harness.verify import pytest_argv, read_junit
+import pytest
+
+from harness import lifecycle, phases, report, verify
+from harness.verify import VerifyResult, pytest_argv, read_junit
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" tests="4" failures="1" skipped="1" errors="0">
@@ -41,3 +46,41 @@ def test_first_failed_phase_decides_the_exit_code() -> None:
     ok = report.RunReport("s", "s-1")
     ok.record(report.PhaseResult("up", "passed", 1))
     assert lifecycle.first_failure(ok) is None
+
+
+def _eleven_tests(path: Path) -> Path:
+    """A pytest JUnit file of 11 tests, 6 of them failed."""
+    cases = [f'<testcase classname="test_slurm" name="test_ok[{i}]" time="0.1"/>' for i in range(5)]
+    cases += [
+        f'<testcase classname="test_slurm" name="test_bad[{i}]" time="0.3">'
+        f'<failure message="AssertionError: node{i} is down">assert False</failure></testcase>'
+        for i in range(6)
+    ]
+    path.write_text(
+        f'<?xml version="1.0"?><testsuites><testsuite name="pytest">{"".join(cases)}</testsuite></testsuites>'
+    )
+    return path
+
+
+def test_verify_phase_hands_its_junit_to_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    junit = _eleven_tests(tmp_path / "verify-junit.xml")
+    passed, failed, skipped, failures = read_junit(junit)
+
+    def fake_run_tests(tests_dir: Path, **kwargs: Any) -> VerifyResult:
+        return VerifyResult(1, passed, failed, skipped, failures, junit, tmp_path / "verify.log", 4.0)
+
+    monkeypatch.setattr(verify, "run_tests", fake_run_tests)
+    run: Any = SimpleNamespace(path=tmp_path, nodes=["node01"], ssh_config=tmp_path / "ssh_config")
+    scenario: Any = SimpleNamespace(tests="tests", resolve=lambda p: tmp_path / p)
+
+    phase, _ = phases.verify_phase(run, scenario)
+
+    assert (phase.status, phase.junit, phase.detail) == ("failed", junit, "5 passed, 6 failed, 0 skipped")
+    rep = report.RunReport("slurm", "r1", [report.PhaseResult("up", "passed", 1.0), phase])
+    report.write_reports(rep, tmp_path / "reports")
+    root = ET.parse(tmp_path / "reports" / "junit.xml").getroot()
+    [suite] = root.findall("testsuite[@name='slurm.verify']")
+    assert len(suite.findall("testcase")) == 11
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("11", "6", "0")
+    assert sum(1 for _ in root.iter("testcase")) == int(root.get("tests", "0"))
+    assert int(root.get("failures", "0")) == 6

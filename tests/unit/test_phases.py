@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import lifecycle, phases, report
+from harness.provision import Progress, ProvisionResult, result_from_events
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ansible"
+
+
+def _fixture(case: str, log: Path) -> ProvisionResult:
+    events = [json.loads(line) for line in (FIXTURES / case / "events.jsonl").read_text().splitlines()]
+    meta = json.loads((FIXTURES / case / "result.json").read_text())
+    return result_from_events(events, meta["rc"], meta["status"], log)
+
+
+def _aborted() -> ProvisionResult:
+    return _fixture("aborted_play", FIXTURES / "aborted_play" / "stdout")
+
+
+# --- progress -----------------------------------------------------------------------------------
+
+
+def _progress(task: str, elapsed: float, done: int, failed: int = 0, started: int = 1, total: int = 4) -> Progress:
+    return Progress("site", task, done, failed, started, elapsed, False, total)
+
+
+def test_progress_line_shows_hosts_done_of_the_hosts_seen() -> None:
+    assert phases.progress_line(_progress("common : Install packages", 42.2, 2)) == (
+        "[   42s] common : Install packages (2/4 hosts done, 0 failed)"
+    )
+    assert phases.progress_line(_progress("Gathering Facts", 0.0, 0, total=0)) == (
+        "[    0s] Gathering Facts (0/? hosts done, 0 failed)"
+    )
+
+
+def test_progress_moves_as_hosts_finish_but_at_most_every_two_seconds() -> None:
+    lines: list[str] = []
+    progress = phases.ThrottledProgress("provision", lambda phase, line: lines.append(f"{phase} {line}"))
+    for snap in [
+        Progress("site", None, 0, 0, 0, 0.0, False, 0),  # play start: no task yet
+        _progress("common : Install packages", 1.0, 0),  # new task: shown
+        _progress("common : Install packages", 1.5, 1),  # 0.5 s later: held back
+        _progress("common : Install packages", 3.5, 2),  # 2.5 s after the last line: shown
+        _progress("common : Install packages", 4.0, 3, failed=1),  # a failure: always shown
+        _progress("common : Install packages", 4.5, 4, failed=1),  # held back
+        _progress("common : Install packages", 5.0, 4, failed=1),  # nothing moved: not shown
+        _progress("common : Install packages", 9.0, 4, failed=1),  # the held-back count, later: shown
+        _progress("common : Install packages", 9.2, 4, failed=1),  # nothing moved: not shown
+        _progress("common : Install packages", 9.5, 0, failed=1, started=2),  # same name, next task: shown
+    ]:
+        progress(snap)
+
+    assert lines == [
+        "provision [    1s] common : Install packages (0/4 hosts done, 0 failed)",
+        "provision [    4s] common : Install packages (2/4 hosts done, 0 failed)",
+        "provision [    4s] common : Install packages (3/4 hosts done, 1 failed)",
+        "provision [    9s] common : Install packages (4/4 hosts done, 1 failed)",
+        "provision [   10s] common : Install packages (0/4 hosts done, 1 failed)",
+    ]
+
+
+# --- aborted plays ------------------------------------------------------------------------------
+
+
+def test_converge_detail_never_claims_zero_hosts_for_an_aborted_play(tmp_path: Path) -> None:
+    assert phases.converge_detail(_aborted()) == "play aborted before any task ran (rc 4)"
+    clean = _fixture("converge_clean", tmp_path / "stdout")
+    assert phases.converge_detail(clean) == "2 hosts: ok=10 changed=0 failed=0"
+    killed = _fixture("converge_clean", tmp_path / "stdout")
+    killed.stats, killed.rc, killed.status = {}, -9, "failed"
+    assert phases.converge_detail(killed) == "no recap from ansible-playbook (status failed, rc -9)"
+
+
+@pytest.mark.parametrize("phase", ["provision", "idempotence"])
+def test_aborted_converge_reports_its_cause(monkeypatch: pytest.MonkeyPatch, phase: str) -> None:
+    monkeypatch.setattr(phases, "converge", lambda *args: _aborted())
+    run_phase = phases.provision_phase if phase == "provision" else phases.idempotence_phase
+    run: Any = object()
+    scenario: Any = object()
+
+    result = run_phase(run, scenario, lambda phase, line: None)
+
+    assert (result.name, result.status) == (phase, "failed")
+    assert result.detail == "play aborted before any task ran (rc 4)"
+    [failure] = result.failures
+    assert failure.name == phase
+    cause = "couldn't resolve module/action 'community.general.no_such_module'"
+    assert failure.message.splitlines()[0].startswith(f"ansible-playbook stopped: {cause} at ")
+    assert "^ here" in failure.message
+    assert failure.message.endswith(f"Full log: {FIXTURES / 'aborted_play' / 'stdout'}")
+    # The CLI prints the first failed phase's failures: the cause is in that error.
+    rep = report.RunReport("s", "r1", [report.PhaseResult("up", "passed", 1.0), result])
+    err = lifecycle.first_failure(rep)
+    assert err is not None and cause in str(err)
