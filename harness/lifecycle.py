@@ -51,12 +51,24 @@ def check_resources(scenario: Scenario) -> None:
         )
 
 
-def check_box(scenario: Scenario) -> None:
-    if box.box_is_installed(scenario.box):
-        return
+def check_box(scenario: Scenario) -> str | None:
+    """The box is installed (for a recipe's box: the version its recipe builds now, which the
+    Vagrantfile pins); that version, or None for a box from elsewhere."""
     recipe = box.recipe_for_box(scenario.box)
-    hint = f"build it with `harness box build {recipe.key}`" if recipe else "add it with `vagrant box add`"
-    raise HostError(f"box {scenario.box!r} is not installed for the libvirt provider: {hint}.")
+    versions = [b.version for b in box.installed_boxes() if b.name == scenario.box and b.provider == "libvirt"]
+    if recipe is None:
+        if versions:
+            return None
+        raise HostError(
+            f"box {scenario.box!r} is not installed for the libvirt provider: add it with `vagrant box add`."
+        )
+    if recipe.version in versions:
+        return recipe.version
+    state = f"installed versions {', '.join(versions)} are older builds" if versions else "it is not installed"
+    raise HostError(
+        f"box {scenario.box!r} does not match its recipe vagrant/boxes/{recipe.key} ({state}): "
+        f"build it with `harness box build {recipe.key}`."
+    )
 
 
 def preflight_gpus(scenario: Scenario, run_id: str) -> dict[str, list[str]]:
@@ -71,7 +83,11 @@ def preflight_gpus(scenario: Scenario, run_id: str) -> dict[str, list[str]]:
 
 
 def plan_run(
-    scenario: Scenario, run: RunState, accel: host.Accelerator, hostdevs: dict[str, list[str]] | None = None
+    scenario: Scenario,
+    run: RunState,
+    accel: host.Accelerator,
+    hostdevs: dict[str, list[str]] | None = None,
+    box_version: str | None = None,
 ) -> str:
     """Choose the run's subnets, create its libvirt networks and render its Vagrantfile."""
     with network.network_lock(), lv.connect() as conn:
@@ -91,6 +107,7 @@ def plan_run(
         mgmt_subnet=mgmt,
         private_subnet=private,
         hostdevs=hostdevs,
+        box_version=box_version,
     )
     text = render_vagrantfile(view)
     (run.path / "Vagrantfile").write_text(text)
@@ -150,7 +167,7 @@ def install_cluster_key(run: RunState) -> None:
 
 def up(scenario: Scenario, on_progress: ProgressFn = _noop) -> RunState:
     """Bring a scenario's cluster up. On any failure or interrupt, remove everything it made."""
-    check_box(scenario)
+    box_version = check_box(scenario)
     check_resources(scenario)
     accel = host.host_accelerator()
     on_progress("up", f"accelerator: {accel.reason}")
@@ -163,7 +180,7 @@ def up(scenario: Scenario, on_progress: ProgressFn = _noop) -> RunState:
         raise
     on_progress("up", f"run {run.run_id} in {run.path}")
     try:
-        plan_run(scenario, run, accel, hostdevs)
+        plan_run(scenario, run, accel, hostdevs, box_version)
         on_progress("up", f"networks: management {run.mgmt_subnet}, private {run.private_subnet}")
         VagrantEnvironment(run.path, run.log_dir / "vagrant.log").up(on_progress)
         on_progress("up", "installing the cluster SSH key")
@@ -286,6 +303,7 @@ def rendered(scenario: Scenario) -> str:
             accel=accel,
             mgmt_subnet=ipaddress.IPv4Network("10.213.0.0/24"),
             private_subnet=scenario.network.subnet or ipaddress.IPv4Network("10.213.1.0/24"),
+            box_version=recipe.version if (recipe := box.recipe_for_box(scenario.box)) else None,
         )
     )
 

@@ -60,6 +60,9 @@ class RunView:
     scenario: str
     source: str
     box: str
+    # The version a box recipe builds now; Vagrant would otherwise take the highest version number,
+    # and recipe versions come from content hashes, not from build order.
+    box_version: str | None
     driver: str
     cpu_mode: str
     cpu_model: str | None
@@ -106,6 +109,7 @@ def build_view(
     mgmt_subnet: ipaddress.IPv4Network,
     private_subnet: ipaddress.IPv4Network,
     hostdevs: Mapping[str, Sequence[str]] | None = None,
+    box_version: str | None = None,
 ) -> VagrantfileView:
     nodes = scenario.expanded_nodes()
     ips = private_ips(private_subnet, nodes)
@@ -116,6 +120,7 @@ def build_view(
         scenario=scenario.name,
         source=str(scenario.source),
         box=scenario.box,
+        box_version=box_version,
         driver=accel.driver,
         cpu_mode=accel.cpu_mode,
         cpu_model=accel.cpu_model,

@@ -27,7 +27,9 @@ _NODE_LINE = re.compile(r"^==> (?P<node>[\w.-]+): (?P<msg>.*)$")
 # never shown as progress. Each entry is matched against the start of a node's message.
 MISLEADING_LINES = (
     # The box grows its root partition and filesystem at boot (harness-growroot.service).
-    "Created volume larger than box defaults, will require manual resizing of filesystems",
+    # (vagrant-libvirt wraps it over two lines)
+    "Created volume larger than box defaults",
+    "filesystems to utilize.",
 )
 VAGRANT_ENV = {
     "VAGRANT_DEFAULT_PROVIDER": "libvirt",

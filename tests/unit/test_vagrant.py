@@ -22,6 +22,9 @@ def test_node_lines_become_progress() -> None:
         "to utilize.",
         "==> mgmt01:  Created volume larger than box defaults, will require manual resizing of filesystems to "
         "utilize.\n",
+        # As vagrant-libvirt 0.11.2 really prints it: wrapped over two lines.
+        "==> head01: Created volume larger than box defaults, will require manual resizing of",
+        "==> head01: filesystems to utilize.",
     ],
 )
 def test_misleading_lines_are_not_progress(line: str) -> None:
