@@ -37,6 +37,8 @@ Exit codes:
   2  bad input (scenario, args) 12  idempotence failed
   3  host not ready (packages,  13  verify failed
      box, memory, GPUs)         14  destroy left something behind
+                                15  nodes unreachable (infrastructure,
+                                    after retries; not about the roles)
  130 interrupted"""
 
 
@@ -242,11 +244,22 @@ def _print_phase(ph: object) -> None:
     from harness.report import PhaseResult
 
     assert isinstance(ph, PhaseResult)
-    colour = {"passed": "green", "failed": "red", "skipped": "yellow"}[ph.status]
+    colour = {"passed": "green", "failed": "red", "skipped": "yellow", "unreachable": "magenta"}[ph.status]
     detail = f"  {escape(ph.detail)}" if ph.detail else ""
     err.print(f"[{colour}]{ph.status:>7}[/] {ph.name:<12} {ph.seconds:7.1f}s{detail}", highlight=False)
+    for r in ph.retries:
+        err.print(f"          retried: {r}", highlight=False, markup=False)
     for f in ph.failures[:20]:
         err.print(f"          - {f.name}: {f.message}", highlight=False, markup=False)
+
+
+def _exit_for(ph: object) -> None:
+    """Raise the error a failed or unreachable phase stands for (exit codes in one place)."""
+    from harness.report import RunReport
+
+    failure = lifecycle.first_failure(RunReport("", "", [ph]))  # type: ignore[list-item]
+    if failure is not None:
+        raise failure
 
 
 @main.command("run")
@@ -286,7 +299,7 @@ def run_cmd(scenario: str, keep: bool, report_dir: Path | None, skip_idempotence
         )
     failure = lifecycle.first_failure(rep)
     if failure is not None:
-        sys.exit(failure.exit_code)
+        sys.exit(failure.exit_code)  # the phases and their failures are printed above
 
 
 @main.command()
@@ -296,8 +309,7 @@ def provision(scenario: str) -> None:
     sc = _load(scenario)
     ph = lifecycle.provision_kept(sc, _UpProgress([]))
     _print_phase(ph)
-    if ph.status == "failed":
-        sys.exit(lifecycle.PHASE_ERRORS["provision"].exit_code)
+    _exit_for(ph)
 
 
 @main.command()
@@ -309,8 +321,7 @@ def verify(scenario: str, select: str | None) -> None:
     ph, run = lifecycle.verify_kept(sc, select)
     _print_phase(ph)
     err.print(f"log: {run.log_dir / 'verify.log'}", highlight=False)
-    if ph.status == "failed":
-        sys.exit(lifecycle.PHASE_ERRORS["verify"].exit_code)
+    _exit_for(ph)
 
 
 @main.command()

@@ -69,6 +69,13 @@ class DestroyError(HarnessError):
     exit_code = 14
 
 
+class UnreachableError(HarnessError):
+    """Nodes stopped answering and did not come back within the retries: an infrastructure failure
+    (a loaded host, a paused or dead VM), never a verdict about the roles or the tests."""
+
+    exit_code = 15
+
+
 class Interrupted(HarnessError):
     """The user interrupted (Ctrl-C) or the process got SIGTERM."""
 

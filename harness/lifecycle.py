@@ -23,6 +23,7 @@ from harness.errors import (
     ProviderError,
     ProvisionError,
     SpecError,
+    UnreachableError,
     VerifyError,
 )
 from harness.provider import libvirt as lv
@@ -366,7 +367,7 @@ def run_scenario(
                 rep.record(report.PhaseResult("idempotence", "skipped"))
         if scenario.provision is None or rep.phase("provision").status == "passed":
             on_progress("verify", "running the scenario's tests")
-            rep.record(phases.verify_phase(run, scenario, select)[0])
+            rep.record(phases.verify_phase(run, scenario, select, on_progress)[0])
         else:
             rep.record(report.PhaseResult("verify", "skipped"))
     finally:
@@ -397,8 +398,12 @@ def first_failure(rep: report.RunReport) -> HarnessError | None:
             ph = rep.phase(name)
         except KeyError:
             continue
-        if ph.status == "failed":
+        if ph.status in ("failed", "unreachable"):
             detail = "\n".join(f"  - {f.name}: {f.message}" for f in ph.failures[:20])
+            if ph.status == "unreachable":
+                return UnreachableError(
+                    f"phase {name}: nodes stopped answering (infrastructure, not a verdict about the roles):\n{detail}"
+                )
             return PHASE_ERRORS[name](f"phase {name} failed:\n{detail}")
     return None
 

@@ -3,19 +3,25 @@ Each returns data; the lifecycle decides what a failure means."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
 
-from harness import inventory, playbook, provision, verify
+from harness import inventory, playbook, provision, reach, verify
 from harness.errors import SpecError
-from harness.report import Failure, PhaseResult
+from harness.report import Failure, PhaseResult, Status
 from harness.rundir import RunState
 from harness.spec import ProvisionSpec, Scenario
 
+log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, str], None]
+# A converge whose nodes were unreachable is run again at most this often, after they answer SSH.
+RETRIES = 2
+RETRY_PAUSE_S = 10.0
 # At most one "hosts done" progress line per task this often (new tasks and failures always show).
 PROGRESS_INTERVAL = 2.0
 
@@ -98,12 +104,72 @@ class ThrottledProgress:
             self._on_progress(self._phase, progress_line(p))
 
 
-def converge(run: RunState, scenario: Scenario, phase: str, on_progress: ProgressFn) -> provision.ProvisionResult:
+def _converge_once(run: RunState, scenario: Scenario, phase: str, on_progress: ProgressFn) -> provision.ProvisionResult:
     result = provision.run_playbook(_options(run, scenario, phase), ThrottledProgress(phase, on_progress))
     slowest = sorted(result.task_durations, key=lambda d: d.seconds, reverse=True)
     lines = [f"{d.seconds:8.1f}s  {d.host:<12} {d.task}" for d in slowest]
     (run.log_dir / f"{phase}-task-durations.txt").write_text("\n".join(lines) + "\n")
     return result
+
+
+@dataclass
+class Converge:
+    """The converge whose result counts, and the retries it took to get one with every node reached."""
+
+    result: provision.ProvisionResult
+    retries: list[str] = field(default_factory=list)
+
+    @property
+    def unreachable(self) -> list[str]:
+        return self.result.unreachable_hosts
+
+
+def _first_unreachable_message(result: provision.ProvisionResult) -> str:
+    for f in result.failures:
+        if f.message.startswith("unreachable:"):
+            return f.message.splitlines()[0].removeprefix("unreachable:").strip()[:160]
+    return "no answer"
+
+
+def converge(
+    run: RunState, scenario: Scenario, phase: str, on_progress: ProgressFn, *, settle: bool = False
+) -> Converge:
+    """Converge; when nodes were unreachable, wait until they answer SSH again (bounded), close the
+    shared connections and converge again, at most RETRIES times with a growing pause. An attempt
+    with unreachable nodes is no verdict: its failures and changes do not count. With `settle`
+    (idempotence), an attempt that changed something before a node dropped out is followed by one
+    converge that may change things, so the judged converge starts from a converged cluster."""
+    out = Converge(_converge_once(run, scenario, phase, on_progress))
+    for attempt in range(1, RETRIES + 1):
+        lost = out.unreachable
+        if not lost:
+            break
+        why = f"attempt {attempt}: {', '.join(lost)} unreachable ({_first_unreachable_message(out.result)})"
+        on_progress(phase, f"{why}; waiting for SSH")
+        waited = reach.wait_for_ssh(
+            run.ssh_config, lost, reach.ssh_wait_seconds(), on_wait=lambda msg: on_progress(phase, msg)
+        )
+        if waited.silent:
+            out.retries.append(f"{why}; {', '.join(waited.silent)} still silent after {waited.seconds:.0f}s: gave up")
+            log.warning("%s", out.retries[-1])
+            break
+        closed = reach.reset_connections(run.ssh_config, lost)
+        pause = RETRY_PAUSE_S * attempt
+        line = (
+            f"{why}; all answered SSH after {waited.seconds:.0f}s; closed {closed} shared connection(s); "
+            f"converging again in {pause:.0f}s"
+        )
+        changed = bool(out.result.changed) or any(st.changed for st in out.result.stats.values())
+        if settle and changed:
+            line += " (once to settle what the cut-off attempt changed, then the one that is judged)"
+        out.retries.append(line)
+        log.warning("%s: %s", phase, line)
+        on_progress(phase, line)
+        time.sleep(pause)
+        if settle and changed:
+            _converge_once(run, scenario, phase, on_progress)
+        out.result = _converge_once(run, scenario, phase, on_progress)
+    return out
 
 
 def converge_detail(result: provision.ProvisionResult) -> str:
@@ -121,45 +187,99 @@ def _aborted(phase: str, result: provision.ProvisionResult) -> Failure:
     return Failure(phase, f"{provision.abort_cause(result)}\nFull log: {result.log_path}")
 
 
+def unreachable_phase(phase: str, conv: Converge, seconds: float) -> PhaseResult:
+    """Nodes that never answered again: an infrastructure failure naming them and what was tried."""
+    tried = "; ".join(conv.retries) or "no retry"
+    failures = [
+        Failure(
+            f"{host}: unreachable",
+            f"{host} did not answer SSH, so the {phase} converge could not judge the roles on it. Tried: {tried}.\n"
+            f"Check the host's load and the VM (`harness status`); full log: {conv.result.log_path}",
+        )
+        for host in conv.unreachable
+    ]
+    detail = _retried(f"unreachable: {', '.join(conv.unreachable)}", conv)
+    return PhaseResult(phase, "unreachable", seconds, failures, detail, retries=conv.retries)
+
+
+def _retried(detail: str, conv: Converge) -> str:
+    return (
+        f"{detail} (after {len(conv.retries)} retr{'y' if len(conv.retries) == 1 else 'ies'})"
+        if conv.retries
+        else detail
+    )
+
+
 def provision_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn) -> PhaseResult:
     started = time.monotonic()
-    result = converge(run, scenario, "provision", on_progress)
-    seconds = time.monotonic() - started
+    conv = converge(run, scenario, "provision", on_progress)
+    result, seconds = conv.result, time.monotonic() - started
+    if conv.unreachable:
+        return unreachable_phase("provision", conv, seconds)
+    detail = _retried(converge_detail(result), conv)
     if result.ok and not result.failures:
-        return PhaseResult("provision", "passed", seconds, detail=converge_detail(result))
+        return PhaseResult("provision", "passed", seconds, detail=detail, retries=conv.retries)
     failures = provision.failures_for_report(result) or [_aborted("provision", result)]
-    return PhaseResult("provision", "failed", seconds, failures, converge_detail(result))
+    return PhaseResult("provision", "failed", seconds, failures, detail, retries=conv.retries)
 
 
 def idempotence_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn) -> PhaseResult:
     started = time.monotonic()
-    result = converge(run, scenario, "idempotence", on_progress)
-    seconds = time.monotonic() - started
+    conv = converge(run, scenario, "idempotence", on_progress, settle=True)
+    result, seconds = conv.result, time.monotonic() - started
+    if conv.unreachable:
+        return unreachable_phase("idempotence", conv, seconds)
+    detail = _retried(converge_detail(result), conv)
     if not result.ok or result.failures:
         failures = provision.failures_for_report(result) or [_aborted("idempotence", result)]
-        return PhaseResult("idempotence", "failed", seconds, failures, converge_detail(result))
+        return PhaseResult("idempotence", "failed", seconds, failures, detail, retries=conv.retries)
     changed = [h for h, st in result.stats.items() if st.changed]
     if changed or result.changed:
-        return PhaseResult(
-            "idempotence", "failed", seconds, provision.changes_for_report(result), converge_detail(result)
-        )
-    return PhaseResult("idempotence", "passed", seconds, detail=converge_detail(result))
+        changes = provision.changes_for_report(result)
+        return PhaseResult("idempotence", "failed", seconds, changes, detail, retries=conv.retries)
+    return PhaseResult("idempotence", "passed", seconds, detail=detail, retries=conv.retries)
 
 
 def verify_phase(
-    run: RunState, scenario: Scenario, select: str | None = None
+    run: RunState, scenario: Scenario, select: str | None = None, on_progress: ProgressFn | None = None
 ) -> tuple[PhaseResult, verify.VerifyResult | None]:
+    """The scenario's tests. When every failure is a node that did not answer SSH, wait for the
+    nodes (bounded), close shared connections and run the tests once more; still unreachable is
+    reported as such (an infrastructure failure), never as failed tests."""
     if scenario.tests is None:
         return PhaseResult("verify", "skipped", 0.0), None
-    result = verify.run_tests(
-        scenario.resolve(scenario.tests),
-        nodes=run.nodes,
-        inventory=inventory_path(run),
-        ssh_config=run.ssh_config,
-        out_dir=run.path,
-        select=select,
-    )
+    say = on_progress or (lambda _p, _m: None)
+
+    def run_once() -> verify.VerifyResult:
+        return verify.run_tests(
+            scenario.resolve(scenario.tests),  # type: ignore[arg-type]
+            nodes=run.nodes,
+            inventory=inventory_path(run),
+            ssh_config=run.ssh_config,
+            out_dir=run.path,
+            select=select,
+        )
+
+    result = run_once()
+    seconds = result.seconds
+    retries: list[str] = []
+    if verify.only_unreachable(result.failures):
+        lost = verify.unreachable_nodes(result.failures)
+        why = f"{result.failed} test(s) failed because {', '.join(lost)} did not answer SSH"
+        say("verify", f"{why}; waiting for SSH")
+        waited = reach.wait_for_ssh(run.ssh_config, lost, reach.ssh_wait_seconds(), on_wait=lambda m: say("verify", m))
+        if waited.silent:
+            retries.append(f"{why}; {', '.join(waited.silent)} still silent after {waited.seconds:.0f}s: gave up")
+        else:
+            reach.reset_connections(run.ssh_config, lost)
+            retries.append(f"{why}; all answered after {waited.seconds:.0f}s; ran the tests again")
+            say("verify", retries[-1])
+            result = run_once()
+            seconds += waited.seconds + result.seconds
+        log.warning("verify: %s", retries[-1])
     detail = f"{result.passed} passed, {result.failed} failed, {result.skipped} skipped"
-    if result.ok:
-        return PhaseResult("verify", "passed", result.seconds, detail=detail, junit=result.junit), result
-    return PhaseResult("verify", "failed", result.seconds, result.failures, detail, junit=result.junit), result
+    if retries:
+        detail += f" (after {len(retries)} retr{'y' if len(retries) == 1 else 'ies'})"
+    status: Status = "passed" if result.ok else "unreachable" if verify.only_unreachable(result.failures) else "failed"
+    failures = [] if result.ok else result.failures
+    return PhaseResult("verify", status, seconds, failures, detail, junit=result.junit, retries=retries), result

@@ -108,6 +108,13 @@ class ProvisionResult:
     log_tail: list[str] = field(default_factory=list)
 
     @property
+    def unreachable_hosts(self) -> list[str]:
+        """Hosts Ansible could not reach (in the recap or in an unreachable event)."""
+        lost = {h for h, s in self.stats.items() if s.unreachable}
+        lost |= {f.host for f in self.failures if f.message.startswith("unreachable:")}
+        return sorted(lost)
+
+    @property
     def ok(self) -> bool:
         bad = any(s.failures or s.unreachable for s in self.stats.values())
         return self.rc == 0 and self.status == "successful" and not self.failures and not bad
@@ -389,7 +396,9 @@ def mitogen_strategy_dir() -> Path:
 
 
 def _envvars(opts: ProvisionOptions) -> dict[str, str]:
-    ssh_args = "-o ControlMaster=auto -o ControlPersist=60s" + (
+    # Keep-alives: a node that stops answering mid-task (paused, overloaded) drops its connection
+    # after a minute, is reported unreachable and retried, instead of hanging the converge.
+    ssh_args = "-o ControlMaster=auto -o ControlPersist=60s -o ServerAliveInterval=15 -o ServerAliveCountMax=4" + (
         f" -F {shlex.quote(str(opts.ssh_config))}" if opts.ssh_config else ""
     )
     env = {

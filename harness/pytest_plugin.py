@@ -9,13 +9,14 @@ sets; the same inventory drives Ansible.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness import proc
+from harness import proc, reach
 from harness.inventory import hosts_in_group, known_groups, load_inventory
 
 JOURNAL_LINES = 50
@@ -108,6 +109,44 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+UNREACHABLE = "UNREACHABLE:"
+_REACH_TTL_S = 30.0
+_reach_seen: dict[str, tuple[float, bool]] = {}
+
+
+def _answers(ssh_config: Path, node: str) -> bool:
+    """Whether node answers SSH now (remembered for a few seconds: a dead node fails many tests)."""
+    now = time.monotonic()
+    seen = _reach_seen.get(node)
+    if seen is None or now - seen[0] > _REACH_TTL_S:
+        seen = (now, reach.answers(ssh_config, node, timeout=10))
+        _reach_seen[node] = seen
+    return seen[1]
+
+
+def silent_nodes(item: pytest.Item) -> list[str]:
+    """The nodes of a failed test that do not answer SSH: its own node, or every node for a
+    cluster-level test."""
+    cfg, inv = os.environ.get("HARNESS_SSH_CONFIG"), os.environ.get("HARNESS_INVENTORY")
+    if not cfg:
+        return []
+    node = _node_of(item)
+    nodes = [node] if node else list(load_inventory(Path(inv))["all"]["hosts"]) if inv else []
+    return [n for n in nodes if not _answers(Path(cfg), n)]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A test that failed while its node did not answer SSH says so first: the failure is about
+    reaching the node, not about what the test checks (`harness verify` retries it)."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and call.when in ("setup", "call"):
+        silent = silent_nodes(item)
+        if silent:
+            rep.longrepr = f"{UNREACHABLE} {', '.join(silent)} did not answer SSH\n{rep.longrepr}"
 
 
 @pytest.fixture(scope="session")

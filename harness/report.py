@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 MASK = "********"
 PHASES = ("up", "provision", "idempotence", "verify", "destroy")
-Status = Literal["passed", "failed", "skipped"]
+# "unreachable": nodes did not answer (after retries): about the infrastructure, not the roles.
+Status = Literal["passed", "failed", "skipped", "unreachable"]
 
 _SECRET_KEY = re.compile(r"key|secret|password|token", re.IGNORECASE)
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -89,6 +90,8 @@ class PhaseResult:
     detail: str = ""
     # The phase's own JUnit file (verify's pytest run), whose testcases junit.xml takes in.
     junit: Path | None = None
+    # One line per retry of the phase: what was unreachable, what was waited for, what was redone.
+    retries: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -112,7 +115,7 @@ class RunReport:
 
     @property
     def status(self) -> Status:
-        return "failed" if any(p.status == "failed" for p in self.all_phases()) else "passed"
+        return "failed" if any(p.status in ("failed", "unreachable") for p in self.all_phases()) else "passed"
 
     def all_phases(self) -> list[PhaseResult]:
         """Every standard phase in lifecycle order (those never reached as skipped), then any others."""
@@ -131,6 +134,7 @@ class RunReport:
                     "seconds": round(p.seconds, 3),
                     "detail": p.detail,
                     "failures": [{"name": f.name, "message": f.message} for f in p.failures],
+                    "retries": list(p.retries),
                 }
                 for p in self.all_phases()
             },
@@ -154,7 +158,7 @@ def _case(classname: str, name: str, seconds: float) -> ET.Element:
 def _phase_cases(scenario: str, p: PhaseResult) -> list[ET.Element]:
     """One testcase for a phase that passed or was skipped; one per failure for a phase that failed
     (a failure named like its phase keeps the phase's own test id)."""
-    if p.status != "failed":
+    if p.status not in ("failed", "unreachable"):
         case = _case(scenario, p.name, p.seconds)
         if p.status == "skipped":
             ET.SubElement(case, "skipped")
@@ -163,7 +167,9 @@ def _phase_cases(scenario: str, p: PhaseResult) -> list[ET.Element]:
     for f in p.failures or [Failure(p.name, f"phase {p.name} failed")]:
         own = f.name == p.name
         case = _case(scenario if own else f"{scenario}.{p.name}", f.name, p.seconds if own else 0.0)
-        el = ET.SubElement(case, "failure", message=_first_line(f.message), type=f"{p.name.capitalize()}Failure")
+        # Unreachable nodes are an error (the check could not run), not a failure of what was checked.
+        kind, what = ("error", "Unreachable") if p.status == "unreachable" else ("failure", "Failure")
+        el = ET.SubElement(case, kind, message=_first_line(f.message), type=f"{p.name.capitalize()}{what}")
         el.text = _xml_text(f.message)
         cases.append(case)
     return cases
@@ -267,6 +273,10 @@ def render_markdown(report: RunReport) -> str:
     lines.append(
         f"| **total** | **{report.status}** | {format_seconds(total)} | {sum(len(p.failures) for p in phases)} | |"
     )
+    retried = [(p, r) for p in phases for r in p.retries]
+    if retried:
+        lines += ["", "## Retries (nodes that stopped answering; not a verdict about the roles)", ""]
+        lines += [f"- {p.name}: {_md_cell(r)}" for p, r in retried]
     failing = [(p, f) for p in phases for f in p.failures]
     if failing:
         lines += ["", "## Failures"]

@@ -3,6 +3,7 @@ pytest runs as a subprocess; its JUnit XML is read back as data."""
 
 from __future__ import annotations
 
+import re
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -73,6 +74,22 @@ def read_junit(path: Path) -> tuple[int, int, int, list[Failure]]:
         else:
             passed += 1
     return passed, failed, skipped, failures
+
+
+_UNREACHABLE = re.compile(r"UNREACHABLE: (.+?) did not answer SSH")
+
+
+def unreachable_nodes(failures: list[Failure]) -> list[str]:
+    """Nodes named by failures that the harness pytest plugin marked as unreachable."""
+    nodes: set[str] = set()
+    for f in failures:
+        for m in _UNREACHABLE.finditer(f.message):
+            nodes.update(n.strip() for n in m.group(1).split(","))
+    return sorted(nodes)
+
+
+def only_unreachable(failures: list[Failure]) -> bool:
+    return bool(failures) and all(_UNREACHABLE.search(f.message) for f in failures)
 
 
 def run_tests(

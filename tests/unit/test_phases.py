@@ -78,7 +78,7 @@ def test_converge_detail_never_claims_zero_hosts_for_an_aborted_play(tmp_path: P
 
 @pytest.mark.parametrize("phase", ["provision", "idempotence"])
 def test_aborted_converge_reports_its_cause(monkeypatch: pytest.MonkeyPatch, phase: str) -> None:
-    monkeypatch.setattr(phases, "converge", lambda *args: _aborted())
+    monkeypatch.setattr(phases, "_converge_once", lambda *args: _aborted())
     run_phase = phases.provision_phase if phase == "provision" else phases.idempotence_phase
     run: Any = object()
     scenario: Any = object()
@@ -97,3 +97,86 @@ def test_aborted_converge_reports_its_cause(monkeypatch: pytest.MonkeyPatch, pha
     rep = report.RunReport("s", "r1", [report.PhaseResult("up", "passed", 1.0), result])
     err = lifecycle.first_failure(rep)
     assert err is not None and cause in str(err)
+
+
+# --- unreachable nodes: retry, then classify ------------------------------------------------------
+
+
+class _Run:
+    ssh_config = Path("/nonexistent/ssh_config")
+
+
+def _sequence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *cases: str) -> list[str]:
+    """Make each converge return the next recorded case; returns the list of converges run."""
+    ran: list[str] = []
+    results = iter(cases)
+
+    def once(*_args: Any) -> ProvisionResult:
+        case = next(results)
+        ran.append(case)
+        return _fixture(case, tmp_path / "stdout")
+
+    monkeypatch.setattr(phases, "_converge_once", once)
+    monkeypatch.setattr(phases, "RETRY_PAUSE_S", 0.0)
+    monkeypatch.setattr(phases.reach, "reset_connections", lambda cfg, nodes: len(nodes))
+    return ran
+
+
+def _ssh_answers(monkeypatch: pytest.MonkeyPatch, answers: bool) -> list[list[str]]:
+    waited: list[list[str]] = []
+
+    def wait(cfg: Path, nodes: list[str], deadline: float, on_wait: Any = None) -> phases.reach.WaitResult:
+        waited.append(list(nodes))
+        return phases.reach.WaitResult(nodes if answers else [], [] if answers else nodes, 42.0)
+
+    monkeypatch.setattr(phases.reach, "wait_for_ssh", wait)
+    return waited
+
+
+def test_a_node_that_comes_back_is_retried_and_the_phase_passes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ran = _sequence(monkeypatch, tmp_path, "unreachable_host", "converge_clean")
+    waited = _ssh_answers(monkeypatch, True)
+    lines: list[str] = []
+
+    result = phases.provision_phase(_Run(), object(), lambda _p, line: lines.append(line))  # type: ignore[arg-type]
+
+    assert ran == ["unreachable_host", "converge_clean"]
+    assert result.status == "passed" and not result.failures
+    [retry] = result.retries
+    assert "unreachable" in retry and "answered SSH after 42s" in retry
+    assert result.detail.endswith("(after 1 retry)")
+    assert waited and any("converging again" in line for line in lines)
+
+
+def test_a_node_that_stays_silent_is_an_infrastructure_failure_not_a_role_verdict(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _sequence(monkeypatch, tmp_path, "unreachable_host")
+    waited = _ssh_answers(monkeypatch, False)
+
+    result = phases.idempotence_phase(_Run(), object(), lambda _p, _l: None)  # type: ignore[arg-type]
+
+    [lost] = waited
+    assert result.status == "unreachable"
+    assert [f.name for f in result.failures] == [f"{host}: unreachable" for host in lost]
+    assert "gave up" in result.retries[0]
+    err = lifecycle.first_failure(report.RunReport("s", "r", [result]))
+    assert err is not None and err.exit_code == 15 and "not a verdict about the roles" in str(err)
+    rep = report.RunReport("s", "r", [report.PhaseResult("up", "passed"), result])
+    assert rep.status == "failed"
+
+
+def test_idempotence_settles_what_a_cut_off_attempt_changed_before_judging(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ran = _sequence(monkeypatch, tmp_path, "unreachable_host", "converge_changed", "converge_clean")
+    _ssh_answers(monkeypatch, True)
+    first = _fixture("unreachable_host", tmp_path / "stdout")
+    assert first.changed or any(s.changed for s in first.stats.values()), "fixture must change something"
+
+    result = phases.idempotence_phase(_Run(), object(), lambda _p, _l: None)  # type: ignore[arg-type]
+
+    assert ran == ["unreachable_host", "converge_changed", "converge_clean"]
+    assert result.status == "passed" and "settle" in result.retries[0]

@@ -58,7 +58,7 @@ def test_summary_json_has_one_entry_per_phase_with_failures(tmp_path: Path) -> N
     assert data["run_id"] == "20250101-abc"
     assert data["status"] == "failed"
     assert list(data["phases"]) == ["up", "provision", "idempotence", "verify", "destroy"]
-    assert data["phases"]["up"] == {"status": "passed", "seconds": 62.4, "failures": [], "detail": ""}
+    assert data["phases"]["up"] == {"status": "passed", "seconds": 62.4, "failures": [], "detail": "", "retries": []}
     assert data["phases"]["provision"]["detail"] == "2 hosts: ok=7 changed=3 failed=2"
     assert data["phases"]["idempotence"]["status"] == "skipped"
     second = data["phases"]["provision"]["failures"][1]
@@ -242,7 +242,7 @@ def test_phases_never_reached_are_skipped_and_passing_run_passes(tmp_path: Path)
     write_reports(report, tmp_path)
     data = json.loads((tmp_path / "summary.json").read_text())
     assert data["status"] == "passed"
-    assert data["phases"]["destroy"] == {"status": "skipped", "seconds": 0.0, "failures": [], "detail": ""}
+    assert data["phases"]["destroy"] == {"status": "skipped", "seconds": 0.0, "failures": [], "detail": "", "retries": []}
     assert "## Failures" not in (tmp_path / "summary.md").read_text()
     with pytest.raises(KeyError, match="verify"):
         report.phase("verify")

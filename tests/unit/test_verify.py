@@ -84,3 +84,17 @@ def test_verify_phase_hands_its_junit_to_the_report(tmp_path: Path, monkeypatch:
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("11", "6", "0")
     assert sum(1 for _ in root.iter("testcase")) == int(root.get("tests", "0"))
     assert int(root.get("failures", "0")) == 6
+
+
+def test_failures_of_silent_nodes_are_told_apart_from_failed_checks() -> None:
+    from harness.report import Failure
+    from harness.verify import only_unreachable, unreachable_nodes
+
+    silent = [
+        Failure("t::test_munge[gpu01]", "UNREACHABLE: gpu01 did not answer SSH\nAssertionError"),
+        Failure("t::test_srun", "UNREACHABLE: gpu01, gpu02 did not answer SSH\nrc 255"),
+    ]
+    assert unreachable_nodes(silent) == ["gpu01", "gpu02"]
+    assert only_unreachable(silent)
+    assert not only_unreachable([*silent, Failure("t::test_sinfo", "assert 'idle' in 'down'")])
+    assert not only_unreachable([])

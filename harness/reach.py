@@ -1,0 +1,85 @@
+"""Reaching the nodes over SSH: whether each answers, waiting (bounded) until it does again, and
+dropping the host's shared connections so the next converge starts fresh ones.
+
+A node that does not answer is a fact about the infrastructure (a loaded host, a paused or dead
+VM), not about the roles: the phases retry after waiting here, and report what is still
+unreachable as such.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import proc
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 15
+
+
+def ssh_wait_seconds() -> float:
+    """How long to wait for a node to answer again (HARNESS_SSH_WAIT overrides; default 300 s)."""
+    try:
+        return float(os.environ.get("HARNESS_SSH_WAIT", "300"))
+    except ValueError:
+        return 300.0
+
+
+def answers(ssh_config: Path, node: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
+    """One SSH round trip to `node` (a fresh connection, no shared master)."""
+    argv = ["ssh", "-F", str(ssh_config), "-o", f"ConnectTimeout={int(timeout)}", "-o", "BatchMode=yes",
+            "-o", "ControlMaster=no", "-o", "ControlPath=none", node, "true"]  # fmt: skip
+    return proc.run(argv, timeout=timeout + 15).ok
+
+
+@dataclass(frozen=True)
+class WaitResult:
+    answered: list[str]
+    silent: list[str]
+    seconds: float
+
+
+def wait_for_ssh(
+    ssh_config: Path,
+    nodes: list[str],
+    deadline_s: float,
+    on_wait: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> WaitResult:
+    """Poll each node until it answers or `deadline_s` passes."""
+    started = clock()
+    pending = list(nodes)
+    answered: list[str] = []
+    while pending:
+        for node in list(pending):
+            if answers(ssh_config, node):
+                pending.remove(node)
+                answered.append(node)
+        if not pending or clock() - started >= deadline_s:
+            break
+        if on_wait is not None:
+            on_wait(f"waiting for {', '.join(pending)} to answer SSH ({clock() - started:.0f}s of {deadline_s:.0f}s)")
+        sleep(5)
+    return WaitResult(answered, pending, clock() - started)
+
+
+# Where shared connections live: Ansible's default ControlPath, and the pytest plugin's.
+CONTROL_PATHS = (str(Path.home() / ".ansible" / "cp" / "%C"), "/tmp/hx-cm-%C")
+
+
+def reset_connections(ssh_config: Path, nodes: list[str], control_paths: tuple[str, ...] = CONTROL_PATHS) -> int:
+    """Close the shared SSH connections (ControlMaster) to `nodes`, so that the next converge or
+    test opens fresh ones instead of writing into a connection that died with a pause; how many
+    were closed. mitogen's connections live in the ansible-playbook process and end with it."""
+    closed = 0
+    for node in nodes:
+        for path in control_paths:
+            argv = ["ssh", "-F", str(ssh_config), "-o", f"ControlPath={path}", "-O", "exit", node]
+            closed += proc.run(argv, timeout=10).ok
+    return closed
