@@ -20,7 +20,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from harness import __version__, box, capabilities, host, lifecycle
+from harness import __version__, box, capabilities, host, lifecycle, nodes
 from harness.cli_gpus import gpus
 from harness.errors import HarnessError, Interrupted, SpecError
 from harness.paths import scenario_search_dirs
@@ -115,7 +115,7 @@ def validate(scenario: str, no_playbook: bool) -> None:
 @click.argument("scenario")
 def render(scenario: str) -> None:
     """Print the Vagrantfile a run of SCENARIO gets (with placeholder run id and subnets)."""
-    click.echo(lifecycle.rendered(_load(scenario)), nl=False)
+    click.echo(nodes.rendered(_load(scenario)), nl=False)
 
 
 class _UpProgress:
@@ -158,7 +158,7 @@ class _UpProgress:
 def _bring_up(sc: Scenario) -> RunState:
     progress = _UpProgress([n.name for n in sc.expanded_nodes()])
     with progress.shown():
-        run = lifecycle.up(sc, progress)
+        run = nodes.up(sc, progress)
     err.print(
         f"[green]up[/] {sc.name}: {len(run.nodes)} node(s) in {time.monotonic() - progress.started:.0f}s; "
         f"run dir {run.path}"
@@ -181,7 +181,7 @@ def up(scenario: str) -> None:
 def status(scenario: str, as_json: bool) -> None:
     """Show SCENARIO's nodes and their state, straight from libvirt."""
     sc = _load(scenario)
-    run, doms = lifecycle.status(sc)
+    run, doms = nodes.status(sc)
     if as_json:
         click.echo(
             json.dumps(
@@ -235,7 +235,7 @@ def status(scenario: str, as_json: bool) -> None:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def ssh(scenario: str, node: str, command: tuple[str, ...]) -> None:
     """Open a shell on NODE, or run COMMAND there (`harness ssh smoke mgmt01 -- uptime`)."""
-    argv = lifecycle.ssh_argv(_load(scenario), node, list(command))
+    argv = nodes.ssh_argv(_load(scenario), node, list(command))
     sys.stdout.flush()
     os.execvp(argv[0], argv)
 
@@ -257,9 +257,9 @@ def _exit_for(ph: object) -> None:
     """Raise the error a failed or unreachable phase stands for (exit codes in one place)."""
     from harness.report import RunReport
 
-    failure = lifecycle.first_failure(RunReport("", "", [ph]))  # type: ignore[list-item]
-    if failure is not None:
-        raise failure
+    failure = lifecycle.first_failure(RunReport("", "", [ph], order=lifecycle.PHASES))  # type: ignore[list-item]
+    if failure is not None:  # its failures are printed above: say it in one line
+        raise type(failure)(f"{str(failure).splitlines()[0].rstrip(':')}; see above")
 
 
 @main.command("run")
@@ -298,8 +298,8 @@ def run_cmd(scenario: str, keep: bool, report_dir: Path | None, skip_idempotence
             f"kept: harness ssh {scenario} {run.nodes[0]} | harness verify {scenario} | harness destroy {scenario}"
         )
     failure = lifecycle.first_failure(rep)
-    if failure is not None:
-        sys.exit(failure.exit_code)  # the phases and their failures are printed above
+    if failure is not None:  # its failures are printed above with their phase: say it in one line
+        raise type(failure)(f"{sc.name}: {str(failure).splitlines()[0].rstrip(':')}; see the reports above")
 
 
 @main.command()
@@ -328,14 +328,14 @@ def verify(scenario: str, select: str | None) -> None:
 @click.argument("scenario")
 def destroy(scenario: str) -> None:
     """Tear down SCENARIO's cluster: domains, volumes and networks."""
-    run = lifecycle.destroy(_load(scenario))
+    run = nodes.destroy(_load(scenario))
     err.print(f"[green]destroyed[/] run {run.run_id}")
 
 
 @main.command()
 def gc() -> None:
     """Remove libvirt objects left by dead harness runs (never a live run's, never anything else)."""
-    result = lifecycle.gc()
+    result = nodes.gc()
     for run_id, what in result.removed.items():
         out.print(f"removed run {run_id}: {what}")
     if result.kept:
@@ -363,7 +363,9 @@ def doctor(as_json: bool, scenario_ref: str | None) -> None:
             t.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAIL[/]", c.value, c.hint)
         out.print(t)
         out.print(f"VMs will run under: [bold]{report.accelerator}[/]")
-    sys.exit(0 if report.ok else 1)
+    if not report.ok:
+        failed = ", ".join(c.name for c in report.checks if not c.ok)
+        raise HarnessError(f"this host is not ready: {failed} (see the hints above)")
 
 
 @main.group("host")

@@ -1,23 +1,26 @@
-"""The lifecycle: validate → render → up → (provision → idempotence → verify) → destroy, plus gc.
+"""The lifecycle, as one sequence of named steps:
 
-`up` either returns a running cluster or leaves nothing behind: any failure, Ctrl-C or SIGTERM
-tears down what the run created before the exception goes on.
+    validate → up → provision → idempotence → verify → destroy
+
+`SEQUENCE` below is that list. Each step names the module that owns its work, the error (and so
+the exit code) its failure stands for, and when it runs; reports list the phases in this order,
+exit codes come from the first step that failed, and teardown (`destroy`) runs in `finally`
+unless the user keeps the cluster. Validation (the scenario file, then the playbook's roles and
+modules) happens before anything exists, so bad input costs seconds, not a boot.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
+import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
-from harness import box, gpus, host, network, passthrough, phases, playbook, proc, report, rundir
+from harness import __version__, nodes, phases, playbook, report, rundir
 from harness.errors import (
     DestroyError,
     HarnessError,
-    HostError,
     IdempotenceError,
     Interrupted,
     ProviderError,
@@ -26,296 +29,45 @@ from harness.errors import (
     UnreachableError,
     VerifyError,
 )
-from harness.provider import libvirt as lv
-from harness.render import build_view, private_ips, render_vagrantfile
 from harness.rundir import RunState
 from harness.spec import Scenario
-from harness.vagrant import VagrantEnvironment, kill_descendants
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, str], None]  # (node or phase, message)
-HOST_RESERVE_MIB = 1024
 
 
 def _noop(_a: str, _b: str) -> None:
     pass
 
 
-def check_resources(scenario: Scenario) -> None:
-    need = sum(n.memory for n in scenario.expanded_nodes())
-    avail = host.meminfo_mib().get("MemAvailable", 0)
-    if need + HOST_RESERVE_MIB > avail:
-        raise HostError(
-            f"scenario {scenario.name!r} needs {need} MiB for its VMs plus {HOST_RESERVE_MIB} MiB for the host, "
-            f"but only {avail} MiB is available: lower nodes[*].memory or free memory."
-        )
+@dataclass
+class RunContext:
+    """What the steps of one `harness run` share: the scenario, the options, the live run."""
 
+    scenario: Scenario
+    on_progress: ProgressFn = _noop
+    keep: bool = False
+    idempotence: bool | None = None  # None: the scenario decides
+    select: str | None = None
+    run: RunState | None = None
+    results: dict[str, report.PhaseResult] = field(default_factory=dict)
 
-def check_box(scenario: Scenario) -> str | None:
-    """The box is installed (for a recipe's box: the version its recipe builds now, which the
-    Vagrantfile pins); that version, or None for a box from elsewhere."""
-    recipe = box.recipe_for_box(scenario.box)
-    versions = [b.version for b in box.installed_boxes() if b.name == scenario.box and b.provider == "libvirt"]
-    if recipe is None:
-        if versions:
-            return None
-        raise HostError(
-            f"box {scenario.box!r} is not installed for the libvirt provider: add it with `vagrant box add`."
-        )
-    if recipe.version in versions:
-        return recipe.version
-    state = f"installed versions {', '.join(versions)} are older builds" if versions else "it is not installed"
-    raise HostError(
-        f"box {scenario.box!r} does not match its recipe vagrant/boxes/{recipe.key} ({state}): "
-        f"build it with `harness box build {recipe.key}`."
-    )
+    def passed(self, name: str) -> bool:
+        return name in self.results and self.results[name].status == "passed"
 
-
-def preflight_gpus(scenario: Scenario, run_id: str) -> dict[str, list[str]]:
-    """Check and lock every GPU the scenario asks for; node → PCI addresses to pass through."""
-    requests = passthrough.requests_from_nodes(scenario.expanded_nodes())
-    if not any(req for _node, req in requests):
-        return {}
-    with lv.connect() as conn:
-        in_use = lv.hostdevs_in_use(conn)
-    alloc = passthrough.allocate(requests, gpus.discover(), in_use, passthrough.default_lockdir(), run_id)
-    return alloc.to_json()
-
-
-def plan_run(
-    scenario: Scenario,
-    run: RunState,
-    accel: host.Accelerator,
-    hostdevs: dict[str, list[str]] | None = None,
-    box_version: str | None = None,
-) -> str:
-    """Choose the run's subnets, create its libvirt networks and render its Vagrantfile."""
-    with network.network_lock(), lv.connect() as conn:
-        used = lv.libvirt_networks(conn) + network.host_networks()
-        private, mgmt = network.choose_subnets(2, used, wanted=[scenario.network.subnet])
-        lv.create_network(conn, f"{run.prefix}-mgmt", mgmt, nat=True)
-        lv.create_network(conn, f"{run.prefix}-priv", private, nat=False)
-    run.mgmt_subnet, run.private_subnet = str(mgmt), str(private)
-    run.private_ips = private_ips(private, scenario.expanded_nodes())
-    run.accel = accel.reason
-    view = build_view(
-        scenario,
-        run_id=run.run_id,
-        prefix=run.prefix,
-        run_dir=run.path,
-        accel=accel,
-        mgmt_subnet=mgmt,
-        private_subnet=private,
-        hostdevs=hostdevs,
-        box_version=box_version,
-    )
-    text = render_vagrantfile(view)
-    (run.path / "Vagrantfile").write_text(text)
-    rundir.save(run)
-    return text
-
-
-def install_cluster_key(run: RunState) -> None:
-    """Replace Vagrant's per-machine keys with one key made for this cluster; write ssh_config."""
-    key = run.path / "ssh" / "id_ed25519"
-    key.parent.mkdir(mode=0o700, exist_ok=True)
-    if not key.exists():
-        result = proc.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"harness-{run.run_id}", "-f", str(key)]
-        )
-        if not result.ok:
-            raise HostError(f"cannot generate the cluster SSH key: {result.describe()}")
-    vagrant_cfg = run.path / "vagrant_ssh_config"
-    vagrant_cfg.write_text(VagrantEnvironment(run.path, run.log_dir / "vagrant.log").ssh_config())
-    pub = key.with_suffix(".pub").read_text()
-    for node in run.nodes:
-        result = proc.run(
-            [
-                "ssh",
-                "-F",
-                str(vagrant_cfg),
-                node,
-                "umask 077; cat > ~/.ssh/authorized_keys.new && mv ~/.ssh/authorized_keys.new ~/.ssh/authorized_keys",
-            ],
-            input_text=pub,
-            timeout=120,
-        )
-        if not result.ok:
-            raise ProviderError(f"cannot install the cluster key on {node}: {result.describe()}")
-    lines = []
-    for line in vagrant_cfg.read_text().splitlines():
-        stripped = line.strip()
-        if stripped.startswith("IdentityFile"):
-            line = f"  IdentityFile {key}"
-        elif stripped.startswith(
-            ("StrictHostKeyChecking", "UserKnownHostsFile", "LogLevel", "IdentitiesOnly", "PasswordAuthentication")
-        ):
-            continue
-        lines.append(line)
-        if stripped.startswith("Host "):
-            lines += [
-                "  StrictHostKeyChecking no",
-                "  UserKnownHostsFile /dev/null",
-                "  IdentitiesOnly yes",
-                "  PasswordAuthentication no",
-                "  LogLevel ERROR",
-            ]
-    run.ssh_config.write_text("\n".join(lines) + "\n")
-    run.ssh_config.chmod(0o600)
-    vagrant_cfg.unlink()
-
-
-def up(scenario: Scenario, on_progress: ProgressFn = _noop) -> RunState:
-    """Bring a scenario's cluster up. On any failure or interrupt, remove everything it made."""
-    box_version = check_box(scenario)
-    check_resources(scenario)
-    accel = host.host_accelerator()
-    on_progress("up", f"accelerator: {accel.reason}")
-    run_id = rundir.new_run_id(scenario)
-    hostdevs = preflight_gpus(scenario, run_id)
-    try:
-        run = rundir.new_run(scenario, run_id)
-    except BaseException:
-        passthrough.release_locks(passthrough.default_lockdir(), run_id)
-        raise
-    on_progress("up", f"run {run.run_id} in {run.path}")
-    try:
-        plan_run(scenario, run, accel, hostdevs, box_version)
-        on_progress("up", f"networks: management {run.mgmt_subnet}, private {run.private_subnet}")
-        VagrantEnvironment(run.path, run.log_dir / "vagrant.log").up(on_progress)
-        on_progress("up", "installing the cluster SSH key")
-        install_cluster_key(run)
-        phases.write_inventory(run, scenario, hostdevs)
-        run.state = "up"
-        rundir.save(run)
-        return run
-    except KeyboardInterrupt as exc:
-        on_progress("up", "interrupted: removing what this run created")
-        teardown(run, graceful=False)
-        raise Interrupted(f"interrupted; run {run.run_id} removed everything it had created") from exc
-    except BaseException:
-        on_progress("up", "failed: removing what this run created")
-        teardown(run, graceful=False)
-        raise
-
-
-def teardown(run: RunState, *, graceful: bool = True, attempts: int = 10) -> None:
-    """Remove the run's domains, volumes and networks; raise DestroyError if any remain."""
-    run.state = "destroying"
-    rundir.save(run)
-    if graceful and (run.path / "Vagrantfile").exists() and (run.path / ".vagrant").exists():
-        VagrantEnvironment(run.path, run.log_dir / "vagrant.log").destroy()
-    else:
-        kill_descendants()
-    left = lv.RunObjects()
-    with lv.connect() as conn:
-        for _ in range(attempts):
-            left = lv.remove_run(conn, run.prefix)
-            if left.empty():
-                break
-            time.sleep(1)
-    if not left.empty():
-        run.state = "failed"
-        rundir.save(run)
-        raise DestroyError(
-            f"run {run.run_id}: could not remove {left.describe()}. Try `harness gc`; see {run.log_dir}."
-        )
-    passthrough.release_locks(passthrough.default_lockdir(), run.run_id)
-    run.state = "destroyed"
-    rundir.save(run)
-    rundir.forget(run.run_id)
-
-
-def destroy(scenario: Scenario) -> RunState:
-    run = rundir.require_active_run(scenario)
-    teardown(run)
-    return run
+    def live_run(self) -> RunState:
+        assert self.run is not None, "a step after up needs the run up brought"
+        return self.run
 
 
 @dataclass(frozen=True)
-class GcResult:
-    removed: dict[str, str]  # run id → what was removed
-    kept: list[str]  # live runs left alone
-
-
-def gc() -> GcResult:
-    """Remove what dead runs left behind (only objects named hx-<run id>-...), never live runs'."""
-    removed: dict[str, str] = {}
-    kept: list[str] = []
-    registry = rundir.registered_runs()
-    with lv.connect() as conn:
-        present = lv.run_ids_present(conn)
-        for run_id in sorted(present | set(registry)):
-            run = registry.get(run_id)
-            if run is not None and rundir.is_live(run):
-                kept.append(run_id)
-                continue
-            objs = lv.run_objects(conn, f"hx-{run_id}")
-            if not objs.empty():
-                left = lv.remove_run(conn, f"hx-{run_id}")
-                if not left.empty():
-                    raise DestroyError(f"gc: could not remove {left.describe()} of dead run {run_id}")
-                removed[run_id] = objs.describe()
-            if run is not None and run.state != "destroyed":
-                run.state = "destroyed"
-                rundir.save(run)
-            rundir.forget(run_id)
-    lockdir = passthrough.default_lockdir()
-    for lock in passthrough.read_locks(lockdir):
-        holder = registry.get(lock.run_id)
-        if lock.run_id not in kept and not (holder is not None and rundir.is_live(holder)):
-            passthrough.release_locks(lockdir, lock.run_id)
-            removed.setdefault(lock.run_id, f"GPU lock {lock.address}")
-    return GcResult(removed, kept)
-
-
-def status(scenario: Scenario) -> tuple[RunState | None, list[lv.DomainStatus]]:
-    run = rundir.active_run(scenario)
-    if run is None:
-        return None, []
-    with lv.connect() as conn:
-        return run, lv.domain_statuses(conn, run.prefix)
-
-
-def ssh_argv(scenario: Scenario, node: str, command: list[str]) -> list[str]:
-    run = rundir.require_active_run(scenario)
-    if node not in run.nodes:
-        raise HarnessError(f"no node {node!r} in run {run.run_id}; nodes: {', '.join(run.nodes)}")
-    if not run.ssh_config.exists():
-        raise HarnessError(f"run {run.run_id} has no ssh_config yet (is it still coming up?)")
-    return ["ssh", "-F", str(run.ssh_config), node, *command]
-
-
-def run_on(run: RunState, node: str, command: str, timeout: float = 300) -> proc.CommandResult:
-    """Run a shell command line on a node over the run's ssh_config."""
-    return proc.run(["ssh", "-F", str(run.ssh_config), node, command], timeout=timeout)
-
-
-def rendered(scenario: Scenario) -> str:
-    """The Vagrantfile a run of this scenario would get, with placeholder run values."""
-    accel = host.host_accelerator()
-    return render_vagrantfile(
-        build_view(
-            scenario,
-            run_id=f"{scenario.name}-000000",
-            prefix=f"hx-{scenario.name}-000000",
-            run_dir=Path(".harness/runs") / f"{scenario.name}-000000",
-            accel=accel,
-            mgmt_subnet=ipaddress.IPv4Network("10.213.0.0/24"),
-            private_subnet=scenario.network.subnet or ipaddress.IPv4Network("10.213.1.0/24"),
-            box_version=recipe.version if (recipe := box.recipe_for_box(scenario.box)) else None,
-        )
-    )
-
-
-PHASE_ERRORS: dict[str, type[HarnessError]] = {
-    "up": ProviderError,
-    "provision": ProvisionError,
-    "idempotence": IdempotenceError,
-    "verify": VerifyError,
-    "destroy": DestroyError,
-}
+class Step:
+    name: str
+    owner: str  # the module that does the work
+    error: type[HarnessError]  # a failure of this step exits with this error's code
+    applies: Callable[[RunContext], bool]  # False: reported as skipped
+    work: Callable[[RunContext], report.PhaseResult]
 
 
 def _timed(name: str, fn: Callable[[], object]) -> report.PhaseResult:
@@ -329,55 +81,55 @@ def _timed(name: str, fn: Callable[[], object]) -> report.PhaseResult:
     return report.PhaseResult(name, "passed", time.monotonic() - started)
 
 
-def run_scenario(
-    scenario: Scenario,
-    *,
-    keep: bool = False,
-    idempotence: bool | None = None,
-    select: str | None = None,
-    on_progress: ProgressFn = _noop,
-) -> tuple[report.RunReport, RunState | None]:
-    """validate → up → provision → idempotence → verify → destroy (always, unless keep).
-
-    Returns the report; the caller turns the first failed phase into an exit code."""
-    rep = report.RunReport(scenario.name, "")
-    holder: dict[str, RunState] = {}
-    check_playbook(scenario, on_progress)
-
+def _up(ctx: RunContext) -> report.PhaseResult:
     def bring_up() -> None:
-        holder["run"] = up(scenario, on_progress)
+        ctx.run = nodes.up(ctx.scenario, ctx.on_progress)
 
-    try:
-        rep.record(_timed("up", bring_up))
-        run = holder.get("run")
-        if run is None:
-            return rep, None
-        rep.run_id = run.run_id
-        if scenario.provision is None:
-            rep.record(report.PhaseResult("provision", "skipped"))
-            rep.record(report.PhaseResult("idempotence", "skipped"))
-        else:
-            on_progress("provision", "converging")
-            rep.record(phases.provision_phase(run, scenario, on_progress))
-            wants_idem = scenario.provision.idempotence if idempotence is None else idempotence
-            if rep.phase("provision").status == "passed" and wants_idem:
-                on_progress("idempotence", "converging again: nothing may change")
-                rep.record(phases.idempotence_phase(run, scenario, on_progress))
-            else:
-                rep.record(report.PhaseResult("idempotence", "skipped"))
-        if scenario.provision is None or rep.phase("provision").status == "passed":
-            on_progress("verify", "running the scenario's tests")
-            rep.record(phases.verify_phase(run, scenario, select, on_progress)[0])
-        else:
-            rep.record(report.PhaseResult("verify", "skipped"))
-    finally:
-        run = holder.get("run")
-        if run is not None and not keep:
-            on_progress("destroy", f"tearing down run {run.run_id}")
-            rep.record(_timed("destroy", lambda: teardown(run)))
-        elif run is not None:
-            rep.record(report.PhaseResult("destroy", "skipped"))
-    return rep, holder.get("run")
+    return _timed("up", bring_up)
+
+
+def _provision(ctx: RunContext) -> report.PhaseResult:
+    ctx.on_progress("provision", "converging")
+    return phases.provision_phase(ctx.live_run(), ctx.scenario, ctx.on_progress)
+
+
+def _idempotence(ctx: RunContext) -> report.PhaseResult:
+    ctx.on_progress("idempotence", "converging again: nothing may change")
+    return phases.idempotence_phase(ctx.live_run(), ctx.scenario, ctx.on_progress)
+
+
+def _verify(ctx: RunContext) -> report.PhaseResult:
+    ctx.on_progress("verify", "running the scenario's tests")
+    return phases.verify_phase(ctx.live_run(), ctx.scenario, ctx.select, ctx.on_progress)[0]
+
+
+def _destroy(ctx: RunContext) -> report.PhaseResult:
+    run = ctx.live_run()
+    ctx.on_progress("destroy", f"tearing down run {run.run_id}")
+    return _timed("destroy", lambda: nodes.teardown(run))
+
+
+def _wants_idempotence(ctx: RunContext) -> bool:
+    assert ctx.scenario.provision is not None
+    wanted = ctx.scenario.provision.idempotence if ctx.idempotence is None else ctx.idempotence
+    return wanted and ctx.passed("provision")
+
+
+SEQUENCE: tuple[Step, ...] = (
+    Step("up", "harness.nodes", ProviderError, lambda ctx: True, _up),
+    Step("provision", "harness.phases", ProvisionError, lambda ctx: ctx.scenario.provision is not None, _provision),
+    Step("idempotence", "harness.phases", IdempotenceError, _wants_idempotence, _idempotence),
+    Step(
+        "verify",
+        "harness.phases",
+        VerifyError,
+        lambda ctx: ctx.scenario.tests is not None and (ctx.scenario.provision is None or ctx.passed("provision")),
+        _verify,
+    ),
+    Step("destroy", "harness.nodes", DestroyError, lambda ctx: not ctx.keep, _destroy),
+)
+PHASES = tuple(step.name for step in SEQUENCE)
+_BY_NAME = {step.name: step for step in SEQUENCE}
 
 
 def check_playbook(scenario: Scenario, on_progress: ProgressFn = _noop) -> None:
@@ -391,28 +143,70 @@ def check_playbook(scenario: Scenario, on_progress: ProgressFn = _noop) -> None:
         raise SpecError(str(scenario.source), check.problems)
 
 
+def execute(steps: tuple[Step, ...], ctx: RunContext) -> report.RunReport:
+    """Run the steps in order. A step runs only while every earlier one passed or was skipped; the
+    last step (teardown) runs in `finally` whenever a run exists, even after Ctrl-C."""
+    rep = report.RunReport(ctx.scenario.name, "", order=tuple(s.name for s in steps))
+    *main, last = steps
+    try:
+        for step in main:
+            failed = any(r.status in ("failed", "unreachable") for r in ctx.results.values())
+            result = step.work(ctx) if not failed and step.applies(ctx) else report.PhaseResult(step.name, "skipped")
+            ctx.results[step.name] = result
+            rep.record(result)
+            if ctx.run is not None:
+                rep.run_id = ctx.run.run_id
+    finally:
+        if ctx.run is not None:
+            result = last.work(ctx) if last.applies(ctx) else report.PhaseResult(last.name, "skipped")
+            ctx.results[last.name] = result
+            rep.record(result)
+    return rep
+
+
+def run_scenario(
+    scenario: Scenario,
+    *,
+    keep: bool = False,
+    idempotence: bool | None = None,
+    select: str | None = None,
+    on_progress: ProgressFn = _noop,
+) -> tuple[report.RunReport, RunState | None]:
+    """validate, then SEQUENCE. Returns the report; `first_failure` turns it into an exit code."""
+    check_playbook(scenario, on_progress)
+    ctx = RunContext(scenario, on_progress, keep, idempotence, select)
+    rep = execute(SEQUENCE, ctx)
+    rep.metadata = {
+        "harness_version": __version__,
+        "host": platform.node(),
+        "accelerator": ctx.run.accel if ctx.run is not None else "",
+    }
+    return rep, ctx.run
+
+
 def first_failure(rep: report.RunReport) -> HarnessError | None:
-    """The error for the first failed phase (its class carries the phase's exit code)."""
-    for name in report.PHASES:
-        try:
-            ph = rep.phase(name)
-        except KeyError:
+    """The error for the first failed phase in sequence order (its class carries the exit code)."""
+    for ph in rep.all_phases():
+        if ph.status not in ("failed", "unreachable"):
             continue
-        if ph.status in ("failed", "unreachable"):
-            detail = "\n".join(f"  - {f.name}: {f.message}" for f in ph.failures[:20])
-            if ph.status == "unreachable":
-                return UnreachableError(
-                    f"phase {name}: nodes stopped answering (infrastructure, not a verdict about the roles):\n{detail}"
-                )
-            return PHASE_ERRORS[name](f"phase {name} failed:\n{detail}")
+        detail = "\n".join(f"  - {f.name}: {f.message}" for f in ph.failures[:20])
+        if ph.status == "unreachable":
+            return UnreachableError(
+                f"phase {ph.name}: nodes stopped answering (infrastructure, not a verdict about the roles):\n{detail}"
+            )
+        error = _BY_NAME[ph.name].error if ph.name in _BY_NAME else HarnessError
+        return error(f"phase {ph.name} failed:\n{detail}")
     return None
 
 
 def provision_kept(scenario: Scenario, on_progress: ProgressFn = _noop) -> report.PhaseResult:
+    """The provision step on a kept cluster (`harness provision`)."""
+    check_playbook(scenario, on_progress)
     run = rundir.require_active_run(scenario)
     return phases.provision_phase(run, scenario, on_progress)
 
 
 def verify_kept(scenario: Scenario, select: str | None = None) -> tuple[report.PhaseResult, RunState]:
+    """The verify step on a kept cluster (`harness verify`)."""
     run = rundir.require_active_run(scenario)
     return phases.verify_phase(run, scenario, select)[0], run

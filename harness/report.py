@@ -19,7 +19,6 @@ from typing import Any, Literal
 log = logging.getLogger(__name__)
 
 MASK = "********"
-PHASES = ("up", "provision", "idempotence", "verify", "destroy")
 # "unreachable": nodes did not answer (after retries): about the infrastructure, not the roles.
 Status = Literal["passed", "failed", "skipped", "unreachable"]
 
@@ -100,6 +99,9 @@ class RunReport:
     run_id: str
     phases: list[PhaseResult] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The phase order of the sequence that made the report (lifecycle.PHASES); phases in it that
+    # were never recorded are reported as skipped.
+    order: tuple[str, ...] = ()
 
     def phase(self, name: str) -> PhaseResult:
         for p in self.phases:
@@ -118,10 +120,10 @@ class RunReport:
         return "failed" if any(p.status in ("failed", "unreachable") for p in self.all_phases()) else "passed"
 
     def all_phases(self) -> list[PhaseResult]:
-        """Every standard phase in lifecycle order (those never reached as skipped), then any others."""
+        """Every phase of `order` (those never reached as skipped), then any others as recorded."""
         known = {p.name: p for p in self.phases}
-        out = [known.get(name) or PhaseResult(name, "skipped") for name in PHASES]
-        return out + [p for p in self.phases if p.name not in PHASES]
+        out = [known.get(name) or PhaseResult(name, "skipped") for name in self.order]
+        return out + [p for p in self.phases if p.name not in self.order]
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -3,19 +3,26 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from harness import report
+from harness.lifecycle import PHASES
 from harness.report import (
     Failure,
     PhaseResult,
-    RunReport,
     format_seconds,
     mask_secrets,
     redact,
     secret_values,
     write_reports,
 )
+
+
+def RunReport(*args: Any, **kwargs: Any) -> report.RunReport:
+    """A report of the lifecycle's sequence, as `harness run` makes them."""
+    return report.RunReport(*args, order=PHASES, **kwargs)
 
 
 def _report() -> RunReport:
@@ -242,7 +249,13 @@ def test_phases_never_reached_are_skipped_and_passing_run_passes(tmp_path: Path)
     write_reports(report, tmp_path)
     data = json.loads((tmp_path / "summary.json").read_text())
     assert data["status"] == "passed"
-    assert data["phases"]["destroy"] == {"status": "skipped", "seconds": 0.0, "failures": [], "detail": "", "retries": []}
+    assert data["phases"]["destroy"] == {
+        "status": "skipped",
+        "seconds": 0.0,
+        "failures": [],
+        "detail": "",
+        "retries": [],
+    }
     assert "## Failures" not in (tmp_path / "summary.md").read_text()
     with pytest.raises(KeyError, match="verify"):
         report.phase("verify")

@@ -36,14 +36,14 @@ def test_pytest_runs_over_plain_ssh_with_the_runs_config(tmp_path: Path) -> None
 
 
 def test_first_failed_phase_decides_the_exit_code() -> None:
-    rep = report.RunReport("s", "s-000000")
+    rep = report.RunReport("s", "s-000000", order=lifecycle.PHASES)
     rep.record(report.PhaseResult("up", "passed", 1))
     rep.record(report.PhaseResult("provision", "passed", 1))
     rep.record(report.PhaseResult("idempotence", "failed", 1, [report.Failure("node01: Stamp", "changed")]))
     rep.record(report.PhaseResult("verify", "failed", 1))
     err = lifecycle.first_failure(rep)
     assert err is not None and err.exit_code == 12 and "node01: Stamp" in str(err)
-    ok = report.RunReport("s", "s-1")
+    ok = report.RunReport("s", "s-1", order=lifecycle.PHASES)
     ok.record(report.PhaseResult("up", "passed", 1))
     assert lifecycle.first_failure(ok) is None
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import lifecycle, rundir
+from harness import nodes, rundir
 from harness.provider import libvirt as lv
 
 from .conftest import assert_nothing_left, scenario
@@ -24,13 +24,13 @@ pytestmark = pytest.mark.vm
 def test_pair_up_ssh_private_network_destroy(runs_dir: Path, figure: Callable[[str, str], None]) -> None:
     sc = scenario("pair")
     started = time.monotonic()
-    run = lifecycle.up(sc)
+    run = nodes.up(sc)
     up_seconds = time.monotonic() - started
     try:
         figure("2-node up (pair)", f"{up_seconds:.0f} s")
         assert run.state == "up" and run.nodes == ["mgmt01", "gpu01"]
         t0 = time.monotonic()
-        _, doms = lifecycle.status(sc)
+        _, doms = nodes.status(sc)
         figure("status query (libvirt)", f"{time.monotonic() - t0:.3f} s")
         assert [(d.name, d.state) for d in doms] == [
             (f"{run.prefix}-gpu01", "running"),
@@ -38,7 +38,7 @@ def test_pair_up_ssh_private_network_destroy(runs_dir: Path, figure: Callable[[s
         ]
         ids = {}
         for node in run.nodes:
-            res = lifecycle.run_on(
+            res = nodes.run_on(
                 run, node, "hostname; cat /etc/machine-id; ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"
             )
             assert res.ok, res.describe()
@@ -48,14 +48,14 @@ def test_pair_up_ssh_private_network_destroy(runs_dir: Path, figure: Callable[[s
         assert ids["mgmt01"][0] != ids["gpu01"][0], "nodes share a machine-id"
         assert ids["mgmt01"][1] != ids["gpu01"][1], "nodes share SSH host keys"
         for src, dst in (("mgmt01", "gpu01"), ("gpu01", "mgmt01")):
-            res = lifecycle.run_on(run, src, f"ping -c2 -W5 {run.private_ips[dst]}")
+            res = nodes.run_on(run, src, f"ping -c2 -W5 {run.private_ips[dst]}")
             assert res.ok, f"{src} cannot reach {dst} on the private network: {res.describe()}"
         # The cluster key replaced Vagrant's keys: the run's ssh_config names it and nothing else.
         cfg = run.ssh_config.read_text()
         assert f"IdentityFile {run.path / 'ssh' / 'id_ed25519'}" in cfg and "insecure_private_key" not in cfg
         assert (run.path / "Vagrantfile").is_file() and (run.log_dir / "vagrant.log").is_file()
     finally:
-        lifecycle.teardown(run)
+        nodes.teardown(run)
     assert_nothing_left(run)
     assert rundir.load(run.path).state == "destroyed"
 
@@ -119,7 +119,7 @@ def test_gc_removes_only_dead_runs_objects(runs_dir: Path) -> None:
         lv.create_network(conn, f"{live_prefix}-priv", ipaddress.IPv4Network("10.251.2.0/24"), nat=False)
         lv.create_network(conn, foreign, ipaddress.IPv4Network("10.251.3.0/24"), nat=False)
     try:
-        result = lifecycle.gc()
+        result = nodes.gc()
         assert "gcdead-abcdef" in result.removed and "gclive-fedcba" in result.kept
         with lv.connect() as conn:
             names = {n.name() for n in conn.listAllNetworks()}

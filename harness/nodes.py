@@ -1,0 +1,331 @@
+"""A run's nodes in libvirt: preflight (box, memory, GPUs), bring-up, teardown, gc, status.
+
+`up` either returns a running cluster or leaves nothing behind: any failure, Ctrl-C or SIGTERM
+tears down what the run created before the exception goes on. Teardown waits until nothing of
+the run can still appear (the process tree is gone, libvirt shows nothing of the run several
+times in a row) and records `destroyed` only when the listing is empty.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import libvirt
+
+from harness import box, gpus, host, network, passthrough, phases, proc, rundir
+from harness.errors import DestroyError, HarnessError, HostError, Interrupted, ProviderError
+from harness.provider import libvirt as lv
+from harness.render import build_view, private_ips, render_vagrantfile
+from harness.rundir import RunState
+from harness.spec import Scenario
+from harness.vagrant import VagrantEnvironment, kill_descendants
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, str], None]  # (node or phase, message)
+
+
+HOST_RESERVE_MIB = 1024
+
+
+def _noop(_a: str, _b: str) -> None:
+    pass
+
+
+def check_resources(scenario: Scenario) -> None:
+    need = sum(n.memory for n in scenario.expanded_nodes())
+    avail = host.meminfo_mib().get("MemAvailable", 0)
+    if need + HOST_RESERVE_MIB > avail:
+        raise HostError(
+            f"scenario {scenario.name!r} needs {need} MiB for its VMs plus {HOST_RESERVE_MIB} MiB for the host, "
+            f"but only {avail} MiB is available: lower nodes[*].memory or free memory."
+        )
+
+
+def check_box(scenario: Scenario) -> str | None:
+    """The box is installed (for a recipe's box: the version its recipe builds now, which the
+    Vagrantfile pins); that version, or None for a box from elsewhere."""
+    recipe = box.recipe_for_box(scenario.box)
+    versions = [b.version for b in box.installed_boxes() if b.name == scenario.box and b.provider == "libvirt"]
+    if recipe is None:
+        if versions:
+            return None
+        raise HostError(
+            f"box {scenario.box!r} is not installed for the libvirt provider: add it with `vagrant box add`."
+        )
+    if recipe.version in versions:
+        return recipe.version
+    state = f"installed versions {', '.join(versions)} are older builds" if versions else "it is not installed"
+    raise HostError(
+        f"box {scenario.box!r} does not match its recipe vagrant/boxes/{recipe.key} ({state}): "
+        f"build it with `harness box build {recipe.key}`."
+    )
+
+
+def preflight_gpus(scenario: Scenario, run_id: str) -> dict[str, list[str]]:
+    """Check and lock every GPU the scenario asks for; node → PCI addresses to pass through."""
+    requests = passthrough.requests_from_nodes(scenario.expanded_nodes())
+    if not any(req for _node, req in requests):
+        return {}
+    with lv.connect() as conn:
+        in_use = lv.hostdevs_in_use(conn)
+    alloc = passthrough.allocate(requests, gpus.discover(), in_use, passthrough.default_lockdir(), run_id)
+    return alloc.to_json()
+
+
+def plan_run(
+    scenario: Scenario,
+    run: RunState,
+    accel: host.Accelerator,
+    hostdevs: dict[str, list[str]] | None = None,
+    box_version: str | None = None,
+) -> str:
+    """Choose the run's subnets, create its libvirt networks and render its Vagrantfile."""
+    with network.network_lock(), lv.connect() as conn:
+        used = lv.libvirt_networks(conn) + network.host_networks()
+        private, mgmt = network.choose_subnets(2, used, wanted=[scenario.network.subnet])
+        lv.create_network(conn, f"{run.prefix}-mgmt", mgmt, nat=True)
+        lv.create_network(conn, f"{run.prefix}-priv", private, nat=False)
+    run.mgmt_subnet, run.private_subnet = str(mgmt), str(private)
+    run.private_ips = private_ips(private, scenario.expanded_nodes())
+    run.accel = accel.reason
+    view = build_view(
+        scenario,
+        run_id=run.run_id,
+        prefix=run.prefix,
+        run_dir=run.path,
+        accel=accel,
+        mgmt_subnet=mgmt,
+        private_subnet=private,
+        hostdevs=hostdevs,
+        box_version=box_version,
+    )
+    text = render_vagrantfile(view)
+    (run.path / "Vagrantfile").write_text(text)
+    rundir.save(run)
+    return text
+
+
+def install_cluster_key(run: RunState) -> None:
+    """Replace Vagrant's per-machine keys with one key made for this cluster; write ssh_config."""
+    key = run.path / "ssh" / "id_ed25519"
+    key.parent.mkdir(mode=0o700, exist_ok=True)
+    if not key.exists():
+        result = proc.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"harness-{run.run_id}", "-f", str(key)]
+        )
+        if not result.ok:
+            raise HostError(f"cannot generate the cluster SSH key: {result.describe()}")
+    vagrant_cfg = run.path / "vagrant_ssh_config"
+    vagrant_cfg.write_text(VagrantEnvironment(run.path, run.log_dir / "vagrant.log").ssh_config())
+    pub = key.with_suffix(".pub").read_text()
+    for node in run.nodes:
+        result = proc.run(
+            [
+                "ssh",
+                "-F",
+                str(vagrant_cfg),
+                node,
+                "umask 077; cat > ~/.ssh/authorized_keys.new && mv ~/.ssh/authorized_keys.new ~/.ssh/authorized_keys",
+            ],
+            input_text=pub,
+            timeout=120,
+        )
+        if not result.ok:
+            raise ProviderError(f"cannot install the cluster key on {node}: {result.describe()}")
+    lines = []
+    for line in vagrant_cfg.read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("IdentityFile"):
+            line = f"  IdentityFile {key}"
+        elif stripped.startswith(
+            ("StrictHostKeyChecking", "UserKnownHostsFile", "LogLevel", "IdentitiesOnly", "PasswordAuthentication")
+        ):
+            continue
+        lines.append(line)
+        if stripped.startswith("Host "):
+            lines += [
+                "  StrictHostKeyChecking no",
+                "  UserKnownHostsFile /dev/null",
+                "  IdentitiesOnly yes",
+                "  PasswordAuthentication no",
+                "  LogLevel ERROR",
+            ]
+    run.ssh_config.write_text("\n".join(lines) + "\n")
+    run.ssh_config.chmod(0o600)
+    vagrant_cfg.unlink()
+
+
+def up(scenario: Scenario, on_progress: ProgressFn = _noop) -> RunState:
+    """Bring a scenario's cluster up. On any failure or interrupt, remove everything it made."""
+    box_version = check_box(scenario)
+    check_resources(scenario)
+    accel = host.host_accelerator()
+    on_progress("up", f"accelerator: {accel.reason}")
+    run_id = rundir.new_run_id(scenario)
+    hostdevs = preflight_gpus(scenario, run_id)
+    try:
+        run = rundir.new_run(scenario, run_id)
+    except BaseException:
+        passthrough.release_locks(passthrough.default_lockdir(), run_id)
+        raise
+    on_progress("up", f"run {run.run_id} in {run.path}")
+    try:
+        plan_run(scenario, run, accel, hostdevs, box_version)
+        on_progress("up", f"networks: management {run.mgmt_subnet}, private {run.private_subnet}")
+        VagrantEnvironment(run.path, run.log_dir / "vagrant.log").up(on_progress)
+        on_progress("up", "installing the cluster SSH key")
+        install_cluster_key(run)
+        phases.write_inventory(run, scenario, hostdevs)
+        run.state = "up"
+        rundir.save(run)
+        return run
+    except KeyboardInterrupt as exc:
+        on_progress("up", "interrupted: removing what this run created")
+        teardown(run, graceful=False)
+        raise Interrupted(f"interrupted; run {run.run_id} removed everything it had created") from exc
+    except BaseException:
+        on_progress("up", "failed: removing what this run created")
+        teardown(run, graceful=False)
+        raise
+
+
+# A sweep is done when libvirt shows nothing of the run this many times in a row, this far apart.
+QUIET_LISTINGS = 2
+QUIET_INTERVAL_S = 3.0
+SWEEP_DEADLINE_S = 90.0
+
+
+def sweep(
+    conn: libvirt.virConnect,
+    prefix: str,
+    *,
+    deadline_s: float = SWEEP_DEADLINE_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> lv.RunObjects:
+    """Remove everything named `prefix-*` until libvirt lists nothing of it QUIET_LISTINGS times in
+    a row, QUIET_INTERVAL_S apart: a call that a killed client had started (define a domain, create
+    a volume) can still complete after a first sweep. Returns what is left at the deadline."""
+    started, quiet = clock(), 0
+    while True:
+        left = lv.remove_run(conn, prefix)
+        quiet = quiet + 1 if left.empty() else 0
+        if quiet >= QUIET_LISTINGS:
+            return left
+        if clock() - started >= deadline_s:
+            return lv.run_objects(conn, prefix)
+        sleep(QUIET_INTERVAL_S)
+
+
+def teardown(run: RunState, *, graceful: bool = True) -> None:
+    """Remove the run's domains, volumes and networks and verify that nothing is left.
+
+    Vagrant first when the run got that far (graceful); otherwise, or after, every process the
+    harness started is stopped and waited for, then libvirt is swept until it stays empty. Only an
+    empty listing records `destroyed`; otherwise DestroyError (exit 14) says what is left."""
+    run.state = "destroying"
+    rundir.save(run)
+    if graceful and (run.path / "Vagrantfile").exists() and (run.path / ".vagrant").exists():
+        VagrantEnvironment(run.path, run.log_dir / "vagrant.log").destroy()
+    kill_descendants()  # waits until the process tree is gone: no client of the run is left
+    with lv.connect() as conn:
+        left = sweep(conn, run.prefix)
+    if not left.empty():
+        run.state = "failed"
+        rundir.save(run)
+        raise DestroyError(
+            f"run {run.run_id}: {left.describe()} still exist after teardown; `harness gc` removes them "
+            f"(it only touches objects named hx-{run.run_id}-...). Log: {run.log_dir}"
+        )
+    passthrough.release_locks(passthrough.default_lockdir(), run.run_id)
+    run.state = "destroyed"
+    rundir.save(run)
+    rundir.forget(run.run_id)
+
+
+def destroy(scenario: Scenario) -> RunState:
+    run = rundir.require_active_run(scenario)
+    teardown(run)
+    return run
+
+
+@dataclass(frozen=True)
+class GcResult:
+    removed: dict[str, str]  # run id → what was removed
+    kept: list[str]  # live runs left alone
+
+
+def gc() -> GcResult:
+    """Remove what dead runs left behind (only objects named hx-<run id>-...), never live runs'."""
+    removed: dict[str, str] = {}
+    kept: list[str] = []
+    registry = rundir.registered_runs()
+    with lv.connect() as conn:
+        present = lv.run_ids_present(conn)
+        for run_id in sorted(present | set(registry)):
+            run = registry.get(run_id)
+            if run is not None and rundir.is_live(run):
+                kept.append(run_id)
+                continue
+            objs = lv.run_objects(conn, f"hx-{run_id}")
+            if not objs.empty():
+                left = lv.remove_run(conn, f"hx-{run_id}")
+                if not left.empty():
+                    raise DestroyError(f"gc: could not remove {left.describe()} of dead run {run_id}")
+                removed[run_id] = objs.describe()
+            if run is not None and run.state != "destroyed":
+                run.state = "destroyed"
+                rundir.save(run)
+            rundir.forget(run_id)
+    lockdir = passthrough.default_lockdir()
+    for lock in passthrough.read_locks(lockdir):
+        holder = registry.get(lock.run_id)
+        if lock.run_id not in kept and not (holder is not None and rundir.is_live(holder)):
+            passthrough.release_locks(lockdir, lock.run_id)
+            removed.setdefault(lock.run_id, f"GPU lock {lock.address}")
+    return GcResult(removed, kept)
+
+
+def status(scenario: Scenario) -> tuple[RunState | None, list[lv.DomainStatus]]:
+    run = rundir.active_run(scenario)
+    if run is None:
+        return None, []
+    with lv.connect() as conn:
+        return run, lv.domain_statuses(conn, run.prefix)
+
+
+def ssh_argv(scenario: Scenario, node: str, command: list[str]) -> list[str]:
+    run = rundir.require_active_run(scenario)
+    if node not in run.nodes:
+        raise HarnessError(f"no node {node!r} in run {run.run_id}; nodes: {', '.join(run.nodes)}")
+    if not run.ssh_config.exists():
+        raise HarnessError(f"run {run.run_id} has no ssh_config yet (is it still coming up?)")
+    return ["ssh", "-F", str(run.ssh_config), node, *command]
+
+
+def run_on(run: RunState, node: str, command: str, timeout: float = 300) -> proc.CommandResult:
+    """Run a shell command line on a node over the run's ssh_config."""
+    return proc.run(["ssh", "-F", str(run.ssh_config), node, command], timeout=timeout)
+
+
+def rendered(scenario: Scenario) -> str:
+    """The Vagrantfile a run of this scenario would get, with placeholder run values."""
+    accel = host.host_accelerator()
+    return render_vagrantfile(
+        build_view(
+            scenario,
+            run_id=f"{scenario.name}-000000",
+            prefix=f"hx-{scenario.name}-000000",
+            run_dir=Path(".harness/runs") / f"{scenario.name}-000000",
+            accel=accel,
+            mgmt_subnet=ipaddress.IPv4Network("10.213.0.0/24"),
+            private_subnet=scenario.network.subnet or ipaddress.IPv4Network("10.213.1.0/24"),
+            box_version=recipe.version if (recipe := box.recipe_for_box(scenario.box)) else None,
+        )
+    )

@@ -1,0 +1,100 @@
+"""The lifecycle as data: the sequence with fake steps (no VM)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import lifecycle, report
+from harness.errors import DestroyError, IdempotenceError, Interrupted, ProviderError, ProvisionError, VerifyError
+from harness.rundir import RunState
+from harness.spec import parse_scenario
+
+SCENARIO = "name: t\nnodes:\n  - name: a\n"
+
+
+def _ctx(tmp_path: Path, **kw: Any) -> lifecycle.RunContext:
+    return lifecycle.RunContext(parse_scenario(SCENARIO, tmp_path / "s.yml"), **kw)
+
+
+def _steps(outcomes: dict[str, str], ran: list[str], interrupt: str | None = None) -> tuple[lifecycle.Step, ...]:
+    """The real sequence's names, errors and conditions, with work that only records itself."""
+
+    def work(name: str) -> Any:
+        def do(ctx: lifecycle.RunContext) -> report.PhaseResult:
+            ran.append(name)
+            if name == "up":
+                ctx.run = RunState("t-000001", "t", "s.yml", "/nonexistent", 1, "up")
+            if name == interrupt:
+                raise Interrupted("interrupted")
+            status = outcomes.get(name, "passed")
+            failures = [report.Failure(name, f"{name} went wrong")] if status != "passed" else []
+            return report.PhaseResult(name, status, 1.0, failures)  # type: ignore[arg-type]
+
+        return do
+
+    return tuple(lifecycle.Step(s.name, s.owner, s.error, lambda ctx: True, work(s.name)) for s in lifecycle.SEQUENCE)
+
+
+def test_the_sequence_is_one_list_in_lifecycle_order() -> None:
+    assert lifecycle.PHASES == ("up", "provision", "idempotence", "verify", "destroy")
+    assert [s.error for s in lifecycle.SEQUENCE] == [
+        ProviderError, ProvisionError, IdempotenceError, VerifyError, DestroyError
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("failing", "exit_code"), [("up", 10), ("provision", 11), ("idempotence", 12), ("verify", 13), ("destroy", 14)]
+)
+def test_a_failing_step_gives_its_exit_code_later_steps_skip_teardown_runs(
+    tmp_path: Path, failing: str, exit_code: int
+) -> None:
+    ran: list[str] = []
+    rep = lifecycle.execute(_steps({failing: "failed"}, ran), _ctx(tmp_path))
+    names = list(lifecycle.PHASES)
+    assert ran == [*names[: names.index(failing) + 1], *(["destroy"] if failing != "destroy" else [])]
+    statuses = {p.name: p.status for p in rep.all_phases()}
+    assert statuses[failing] == "failed"
+    for later in names[names.index(failing) + 1 : -1]:
+        assert statuses[later] == "skipped"
+    err = lifecycle.first_failure(rep)
+    assert err is not None and err.exit_code == exit_code and f"{failing} went wrong" in str(err)
+
+
+def test_unreachable_is_its_own_exit_code_and_stops_the_sequence(tmp_path: Path) -> None:
+    ran: list[str] = []
+    rep = lifecycle.execute(_steps({"provision": "unreachable"}, ran), _ctx(tmp_path))
+    assert ran == ["up", "provision", "destroy"]
+    err = lifecycle.first_failure(rep)
+    assert err is not None and err.exit_code == 15
+
+
+def test_teardown_runs_after_an_interrupt_and_the_interrupt_goes_on(tmp_path: Path) -> None:
+    ran: list[str] = []
+    with pytest.raises(Interrupted):
+        lifecycle.execute(_steps({}, ran, interrupt="provision"), _ctx(tmp_path))
+    assert ran == ["up", "provision", "destroy"]
+
+
+def test_keep_skips_only_teardown(tmp_path: Path) -> None:
+    ran: list[str] = []
+    steps = _steps({}, ran)
+    destroy = lifecycle.SEQUENCE[-1]
+    steps = (*steps[:-1], lifecycle.Step("destroy", destroy.owner, destroy.error, destroy.applies, steps[-1].work))
+    rep = lifecycle.execute(steps, _ctx(tmp_path, keep=True))
+    assert ran == ["up", "provision", "idempotence", "verify"]
+    assert rep.phase("destroy").status == "skipped" and lifecycle.first_failure(rep) is None
+
+
+def test_no_teardown_when_up_never_made_a_run(tmp_path: Path) -> None:
+    ran: list[str] = []
+    steps = _steps({}, ran)
+    failing_up = lifecycle.Step(
+        "up", "harness.nodes", ProviderError, lambda ctx: True,
+        lambda ctx: report.PhaseResult("up", "failed", 0.0, [report.Failure("up", "no box")]),
+    )  # fmt: skip
+    rep = lifecycle.execute((failing_up, *steps[1:]), _ctx(tmp_path))
+    assert ran == [] and rep.run_id == ""
+    assert [p.status for p in rep.all_phases()] == ["failed", "skipped", "skipped", "skipped", "skipped"]
