@@ -20,9 +20,10 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from harness import __version__, box, capabilities, host, lifecycle, nodes
+from harness import __version__, lifecycle, nodes
 from harness.cli_gpus import gpus
-from harness.errors import HarnessError, Interrupted, SpecError
+from harness.cli_host import box_group, doctor, host_group
+from harness.errors import HarnessError, Interrupted, SpecError, UsageError
 from harness.paths import scenario_search_dirs
 from harness.rundir import RunState
 from harness.spec import Scenario, load_scenario
@@ -273,7 +274,29 @@ def _exit_for(ph: object) -> None:
 )
 @click.option("--skip-idempotence", is_flag=True, help="Do not converge a second time.")
 @click.option("-k", "select", default=None, help="Only run scenario tests matching this pytest -k expression.")
-def run_cmd(scenario: str, keep: bool, report_dir: Path | None, skip_idempotence: bool, select: str | None) -> None:
+@click.option(
+    "--reuse",
+    is_flag=True,
+    help="Start from the kept cluster of this scenario, reset to a checkpoint, instead of a new one "
+    "(kept afterwards). Without a kept cluster, like a plain run.",
+)
+@click.option(
+    "--from",
+    "from_checkpoint",
+    default=None,
+    metavar="CHECKPOINT",
+    help="With --reuse: the checkpoint to start from (default booted; `converged`: the last green "
+    "converge, to rehearse a change on top of the previous version as on the real cluster).",
+)
+def run_cmd(
+    scenario: str,
+    keep: bool,
+    report_dir: Path | None,
+    skip_idempotence: bool,
+    select: str | None,
+    reuse: bool,
+    from_checkpoint: str | None,
+) -> None:
     """The whole lifecycle: validate → up → provision → idempotence → verify → destroy.
 
     Destroys the cluster at the end, pass or fail, unless --keep. The exit code names the first
@@ -284,8 +307,15 @@ def run_cmd(scenario: str, keep: bool, report_dir: Path | None, skip_idempotence
     sc = _load(scenario)
     progress = _UpProgress([n.name for n in sc.expanded_nodes()])
     with progress.shown():
+        if from_checkpoint is not None and not reuse:
+            raise UsageError("--from needs --reuse (it names the checkpoint of the kept cluster to start from)")
         rep, run = lifecycle.run_scenario(
-            sc, keep=keep, idempotence=False if skip_idempotence else None, select=select, on_progress=progress
+            sc,
+            keep=keep,
+            idempotence=False if skip_idempotence else None,
+            select=select,
+            reuse_from=(from_checkpoint or "booted") if reuse else None,
+            on_progress=progress,
         )
     target = report_dir or (run.path if run else Path.cwd() / ".harness" / "reports" / sc.name)
     files = write_reports(rep, target)
@@ -326,6 +356,47 @@ def verify(scenario: str, select: str | None) -> None:
 
 @main.command()
 @click.argument("scenario")
+@click.argument("name", required=False)
+@click.option("--list", "as_list", is_flag=True, help="List the checkpoints of the kept cluster.")
+def snapshot(scenario: str, name: str | None, as_list: bool) -> None:
+    """Save every node of SCENARIO's kept cluster (disk and memory, all at once) as checkpoint NAME.
+
+    `up` saves `booted` and a green converge saves `converged` by themselves; `harness reset`
+    goes back to one. Nodes with passed-through GPUs cannot be checkpointed."""
+    from harness import checkpoints, rundir
+
+    run = rundir.require_active_run(_load(scenario))
+    if as_list or name is None:
+        t = Table(title=f"checkpoints of run {run.run_id}")
+        for col in ("name", "saved", "content"):
+            t.add_column(col)
+        for cp in checkpoints.list_checkpoints(run):
+            t.add_row(cp.name, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(cp.created)), cp.digest or "-")
+        out.print(t)
+        return
+    started = time.monotonic()
+    cp = checkpoints.save(run, name)
+    err.print(f"[green]saved[/] checkpoint {cp.name!r} of {len(cp.nodes)} node(s) in {time.monotonic() - started:.1f}s")
+
+
+@main.command()
+@click.argument("scenario")
+@click.argument("name", default="booted")
+def reset(scenario: str, name: str) -> None:
+    """Bring every node of SCENARIO's kept cluster back to checkpoint NAME (default: booted), with
+    clocks stepped to the host's and fresh SSH connections."""
+    from harness import checkpoints, rundir
+
+    run = rundir.require_active_run(_load(scenario))
+    result = checkpoints.reset(run, name, lambda msg: err.print(msg, highlight=False))
+    skew = max(result.clock_skew_s.values(), default=0.0)
+    err.print(
+        f"[green]reset[/] run {run.run_id} to {name!r} in {result.seconds:.1f}s; clocks within {skew:.1f}s of the host"
+    )
+
+
+@main.command()
+@click.argument("scenario")
 def destroy(scenario: str) -> None:
     """Tear down SCENARIO's cluster: domains, volumes and networks."""
     run = nodes.destroy(_load(scenario))
@@ -344,111 +415,9 @@ def gc() -> None:
         out.print("nothing to collect")
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--scenario", "scenario_ref", default=None, help="Check free memory and disk against this scenario.")
-def doctor(as_json: bool, scenario_ref: str | None) -> None:
-    """Report whether this host can run clusters: libvirt, Vagrant, memory, disk, IOMMU, KVM/TCG."""
-    from harness.doctor import run_doctor
-
-    sc = _load(scenario_ref) if scenario_ref else None
-    report = run_doctor(sc)
-    if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
-    else:
-        t = Table(title="harness doctor")
-        for col in ("check", "", "value", "hint"):
-            t.add_column(col, overflow="fold")
-        for c in report.checks:
-            t.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAIL[/]", c.value, c.hint)
-        out.print(t)
-        out.print(f"VMs will run under: [bold]{report.accelerator}[/]")
-    if not report.ok:
-        failed = ", ".join(c.name for c in report.checks if not c.ok)
-        raise HarnessError(f"this host is not ready: {failed} (see the hints above)")
-
-
-@main.group("host")
-def host_group() -> None:
-    """Prepare this host."""
-
-
-@host_group.command("setup")
-def host_setup() -> None:
-    """Install host packages (apt), start virtlogd/libvirtd, make the storage pool. Idempotent."""
-    missing = host.missing_packages()
-    if missing:
-        err.print(f"installing {len(missing)} package(s): {' '.join(missing)}")
-        host.install_packages(missing)
-    else:
-        err.print("host packages: all installed")
-    fixed = capabilities.fix_kvm_device()
-    if fixed:
-        err.print(fixed)
-    started = host.start_daemons()
-    err.print(f"daemons: {'started ' + ', '.join(started) if started else 'already running'}")
-    err.print(f"storage pool {host.POOL_NAME!r}: {'created/started' if host.ensure_pool() else 'ok'}")
-    accel = host.host_accelerator()
-    err.print(f"VMs will run under: {accel.reason}")
-
-
-@main.group("box")
-def box_group() -> None:
-    """Build, list and remove the harness's offline Vagrant boxes."""
-
-
-@box_group.command("build")
-@click.argument("recipe", default="debian12")
-@click.option("--force", is_flag=True, help="Rebuild even if a build of this recipe is cached.")
-def box_build(recipe: str, force: bool) -> None:
-    """Build the box from vagrant/boxes/RECIPE with debootstrap and add it to Vagrant."""
-    r = box.load_recipe(recipe)
-    started = time.monotonic()
-
-    def step(msg: str) -> None:
-        err.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {msg}", highlight=False)
-
-    built = box.build_box(r, force=force, on_step=step)
-    step(("using cached build " if built.cached else f"built in {built.seconds:.0f}s: ") + str(built.path))
-    box.register_box(built)
-    step(f"box {r.name} version {built.version} is installed")
-
-
-@box_group.command("list")
-def box_list() -> None:
-    """List installed boxes and the recipes they come from."""
-    t = Table()
-    for col in ("box", "provider", "version", "recipe", "current"):
-        t.add_column(col)
-    recipes = {r.name: r for r in map(box.load_recipe, box.available_recipes())}
-    installed = box.installed_boxes()  # one `vagrant box list` (about a second) for the whole table
-    for b in installed:
-        r = recipes.get(b.name)
-        t.add_row(
-            b.name,
-            b.provider,
-            b.version,
-            r.key if r else "-",
-            ("yes" if r.version == b.version else "no (rebuild)") if r else "-",
-        )
-    for name, r in recipes.items():
-        if not any(b.name == name for b in installed):
-            t.add_row(name, "libvirt", "-", r.key, f"not built: harness box build {r.key}")
-    out.print(t)
-
-
-@box_group.command("remove")
-@click.argument("name", default="harness/debian12")
-def box_remove(name: str) -> None:
-    """Remove box NAME (every version) from Vagrant and its images from libvirt's pool."""
-    from harness.provider import libvirt as lv
-
-    removed = box.remove_box(name)
-    with lv.connect() as conn:
-        vols = lv.remove_box_volumes(conn, name)
-    out.print(f"removed {len(removed)} version(s) of {name} and {len(vols)} pool volume(s)")
-
-
+main.add_command(doctor)
+main.add_command(host_group)
+main.add_command(box_group)
 main.add_command(gpus)
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from harness import __version__, nodes, phases, playbook, report, rundir
+from harness import __version__, checkpoints, nodes, phases, playbook, report, rundir
 from harness.errors import (
     DestroyError,
     HarnessError,
@@ -50,6 +50,7 @@ class RunContext:
     keep: bool = False
     idempotence: bool | None = None  # None: the scenario decides
     select: str | None = None
+    reuse_from: str | None = None  # a checkpoint of a kept cluster to start from instead of `up`
     run: RunState | None = None
     results: dict[str, report.PhaseResult] = field(default_factory=dict)
 
@@ -82,10 +83,38 @@ def _timed(name: str, fn: Callable[[], object]) -> report.PhaseResult:
 
 
 def _up(ctx: RunContext) -> report.PhaseResult:
+    if ctx.reuse_from is not None:
+        kept = reusable_run(ctx.scenario)
+        if kept is not None:
+            return _reset(ctx, kept, ctx.reuse_from)
+        ctx.on_progress("up", "no kept cluster of this scenario and topology to reuse: bringing one up")
+
     def bring_up() -> None:
         ctx.run = nodes.up(ctx.scenario, ctx.on_progress)
 
     return _timed("up", bring_up)
+
+
+def reusable_run(scenario: Scenario) -> RunState | None:
+    """The kept cluster of this scenario, if its nodes are the scenario's nodes."""
+    run = rundir.active_run(scenario)
+    if run is None or run.state != "up" or run.nodes != [n.name for n in scenario.expanded_nodes()]:
+        return None
+    return run
+
+
+def _reset(ctx: RunContext, run: RunState, name: str) -> report.PhaseResult:
+    """`up` for --reuse: reset the kept cluster to a checkpoint instead of booting a new one."""
+    started = time.monotonic()
+    try:
+        result = checkpoints.reset(run, name, lambda msg: ctx.on_progress("up", msg))
+    except HarnessError as exc:
+        return report.PhaseResult("up", "failed", time.monotonic() - started, [report.Failure("up", str(exc))])
+    ctx.run = run
+    skew = max(result.clock_skew_s.values(), default=0.0)
+    detail = f"reused run {run.run_id}: reset to checkpoint {name!r} (clocks within {skew:.1f}s of the host)"
+    ctx.on_progress("up", detail)
+    return report.PhaseResult("up", "passed", time.monotonic() - started, detail=detail)
 
 
 def _provision(ctx: RunContext) -> report.PhaseResult:
@@ -170,16 +199,21 @@ def run_scenario(
     keep: bool = False,
     idempotence: bool | None = None,
     select: str | None = None,
+    reuse_from: str | None = None,
     on_progress: ProgressFn = _noop,
 ) -> tuple[report.RunReport, RunState | None]:
-    """validate, then SEQUENCE. Returns the report; `first_failure` turns it into an exit code."""
+    """validate, then SEQUENCE. Returns the report; `first_failure` turns it into an exit code.
+
+    `reuse_from` (a checkpoint name): start from that checkpoint of the kept cluster of this
+    scenario instead of a new one, and keep the cluster afterwards (the inner loop)."""
     check_playbook(scenario, on_progress)
-    ctx = RunContext(scenario, on_progress, keep, idempotence, select)
+    ctx = RunContext(scenario, on_progress, keep or reuse_from is not None, idempotence, select, reuse_from)
     rep = execute(SEQUENCE, ctx)
     rep.metadata = {
         "harness_version": __version__,
         "host": platform.node(),
         "accelerator": ctx.run.accel if ctx.run is not None else "",
+        "base": rep.phase("up").detail if reuse_from is not None and rep.phases else "a new cluster",
     }
     return rep, ctx.run
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import libvirt
 
-from harness import box, gpus, host, network, passthrough, phases, proc, rundir
+from harness import box, checkpoints, gpus, host, network, passthrough, phases, proc, rundir
 from harness.errors import DestroyError, HarnessError, HostError, Interrupted, ProviderError
 from harness.provider import libvirt as lv
 from harness.render import build_view, private_ips, render_vagrantfile
@@ -182,6 +182,10 @@ def up(scenario: Scenario, on_progress: ProgressFn = _noop) -> RunState:
         on_progress("up", "installing the cluster SSH key")
         install_cluster_key(run)
         phases.write_inventory(run, scenario, hostdevs)
+        if not hostdevs:  # passed-through GPUs cannot save memory state: no checkpoint for them
+            started = time.monotonic()
+            checkpoints.save(run, checkpoints.BOOTED)
+            on_progress("up", f"checkpoint {checkpoints.BOOTED!r} saved in {time.monotonic() - started:.1f}s")
         run.state = "up"
         rundir.save(run)
         return run

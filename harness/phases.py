@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
 
-from harness import inventory, playbook, provision, reach, verify
-from harness.errors import SpecError
+from harness import checkpoints, inventory, playbook, provision, reach, verify
+from harness.errors import SpecError, UsageError
 from harness.report import Failure, PhaseResult, Status
 from harness.rundir import RunState
 from harness.spec import ProvisionSpec, Scenario
@@ -210,6 +210,16 @@ def _retried(detail: str, conv: Converge) -> str:
     )
 
 
+def _checkpoint_converged(run: RunState, scenario: Scenario, on_progress: ProgressFn) -> None:
+    """A green converge is saved as checkpoint `converged`, with a digest of what was converged."""
+    try:
+        cp = checkpoints.save(run, checkpoints.CONVERGED, playbook.content_digest(scenario))
+    except UsageError as exc:  # nodes with passed-through GPUs
+        log.info("no converged checkpoint: %s", exc)
+        return
+    on_progress("provision", f"checkpoint {cp.name!r} saved (content {cp.digest})")
+
+
 def provision_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn) -> PhaseResult:
     started = time.monotonic()
     conv = converge(run, scenario, "provision", on_progress)
@@ -218,6 +228,7 @@ def provision_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn) 
         return unreachable_phase("provision", conv, seconds)
     detail = _retried(converge_detail(result), conv)
     if result.ok and not result.failures:
+        _checkpoint_converged(run, scenario, on_progress)
         return PhaseResult("provision", "passed", seconds, detail=detail, retries=conv.retries)
     failures = provision.failures_for_report(result) or [_aborted("provision", result)]
     return PhaseResult("provision", "failed", seconds, failures, detail, retries=conv.retries)

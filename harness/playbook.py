@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from harness import proc, tools
+from harness import checkpoints, proc, tools
 from harness.errors import HostError, SpecError
 from harness.paths import ROLES_DIR, cache_dir
 from harness.spec import Scenario
@@ -129,6 +129,17 @@ def collections_path(scenario: Scenario) -> Path | None:
     assert scenario.provision is not None
     req = scenario.provision.collections
     return install_collections(scenario.resolve(req)) if req is not None else None
+
+
+def content_digest(scenario: Scenario) -> str:
+    """What a converge of this scenario applies: the playbook's directory, every role directory,
+    the collections requirements and the extra vars."""
+    assert scenario.provision is not None
+    pb = scenario.resolve(scenario.provision.playbook)
+    paths = [pb.parent, *roles_path(scenario)]
+    if scenario.provision.collections is not None:
+        paths.append(scenario.resolve(scenario.provision.collections).parent)
+    return checkpoints.content_digest(paths, scenario.provision.extra_vars)
 
 
 def ansible_env(role_dirs: list[Path], collections: Path | None) -> dict[str, str]:

@@ -117,6 +117,7 @@ def _sequence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *cases: str) -> l
         return _fixture(case, tmp_path / "stdout")
 
     monkeypatch.setattr(phases, "_converge_once", once)
+    monkeypatch.setattr(phases, "_checkpoint_converged", lambda *_args: None)
     monkeypatch.setattr(phases, "RETRY_PAUSE_S", 0.0)
     monkeypatch.setattr(phases.reach, "reset_connections", lambda cfg, nodes: len(nodes))
     return ran

@@ -41,8 +41,42 @@ def test_run_smoke_then_verify_rerun_on_kept_cluster(
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
         selected = harness(runs_dir, "verify", "smoke", "-k", "no_such_test_name")
         assert selected.returncode == 13 and "no test was collected" in selected.stderr
+
+        _checkpoints_and_reuse(tmp_path, runs_dir, figure)
     finally:
         destroyed = harness(runs_dir, "destroy", "smoke", timeout=600)
     assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
     with lv.connect() as conn:
         assert lv.run_objects(conn, f"hx-{run_id}").empty()
+
+
+def _checkpoints_and_reuse(tmp_path: Path, runs_dir: Path, figure: Callable[[str, str], None]) -> None:
+    """On the kept smoke cluster: up saved `booted`, the green converge `converged`; a reset undoes
+    what came after and leaves a usable cluster; `run --reuse` (from booted and from converged)
+    passes end to end and says which base it started from."""
+    listed = harness(runs_dir, "snapshot", "smoke", "--list")
+    assert listed.returncode == 0 and "booted" in listed.stdout and "converged" in listed.stdout, listed.stdout
+
+    assert harness(runs_dir, "ssh", "smoke", "gpu01", "--", "touch /tmp/after-the-checkpoint").returncode == 0
+    started = time.monotonic()
+    reset = harness(runs_dir, "reset", "smoke", "converged")
+    figure("smoke reset to converged (2 nodes, with clock step and SSH check)", f"{time.monotonic() - started:.1f} s")
+    assert reset.returncode == 0, reset.stdout + reset.stderr
+    gone = harness(runs_dir, "ssh", "smoke", "gpu01", "--", "test ! -e /tmp/after-the-checkpoint")
+    assert gone.returncode == 0, "a file written after the checkpoint survived the reset"
+    clock = harness(runs_dir, "ssh", "smoke", "mgmt01", "--", "date +%s.%N")
+    assert clock.returncode == 0 and abs(float(clock.stdout.strip()) - time.time()) < 2.0, clock.stdout
+
+    for base, name in (("converged", "converged"), ("booted", None)):
+        reports = tmp_path / f"reuse-{base}"
+        argv = ["run", "smoke", "--reuse", "--report-dir", str(reports)] + (["--from", name] if name else [])
+        started = time.monotonic()
+        reused = harness(runs_dir, *argv)
+        figure(f"smoke run --reuse from {base}", f"{time.monotonic() - started:.0f} s")
+        assert reused.returncode == 0, reused.stdout + reused.stderr
+        summary = json.loads((reports / "summary.json").read_text())
+        assert f"reset to checkpoint {base!r}" in summary["phases"]["up"]["detail"]
+        assert f"reset to checkpoint {base!r}" in summary["metadata"]["base"]
+        assert summary["phases"]["destroy"]["status"] == "skipped"  # --reuse keeps the cluster
+        for phase in ("provision", "idempotence", "verify"):
+            assert summary["phases"][phase]["status"] == "passed", (base, phase, summary["phases"][phase])

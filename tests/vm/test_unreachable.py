@@ -27,11 +27,11 @@ def _start_run(runs_dir: Path, report_dir: Path, env: dict[str, str] | None = No
 
 
 def _domain_once_converging(runs_dir: Path, timeout: float = 900) -> str:
-    """The node's domain name, once provision has run a few of its steps."""
+    """The node's domain name, once provision has run a few steps of its loop."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for events in runs_dir.glob("pause-*/ansible/artifacts/provision-*/job_events"):
-            if sum(1 for e in events.glob("*.json") if "runner_on_ok" in e.name) >= 4:
+            if sum(1 for e in events.glob("*.json") if '"event": "runner_item_on_ok"' in e.read_text()) >= 3:
                 return f"hx-{events.parents[3].name}-node01"
         time.sleep(2)
     raise AssertionError("provision did not get going")
