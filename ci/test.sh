@@ -5,5 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./ci/bootstrap.sh
 .venv/bin/ruff check harness tests
-.venv/bin/mypy harness
+.venv/bin/mypy harness tests
+# Roles and playbooks, production profile (.ansible-lint). Offline: no version check, no schema
+# refresh, no Galaxy installs. The venv's bin on PATH lets it find ansible-playbook and ansible-config.
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/ansible-lint --offline roles scenarios/*/site.yml
+# The harness from a wheel, outside this checkout; the roles as the harness.cluster collection.
+./ci/wheel-check.sh
 exec .venv/bin/python -m pytest tests "$@"

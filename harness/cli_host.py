@@ -50,6 +50,8 @@ def host_group() -> None:
 @host_group.command("setup")
 def host_setup() -> None:
     """Install host packages (apt), start virtlogd/libvirtd, make the storage pool. Idempotent."""
+    from harness.provider import libvirt as lv
+
     missing = host.missing_packages()
     if missing:
         err.print(f"installing {len(missing)} package(s): {' '.join(missing)}")
@@ -61,7 +63,7 @@ def host_setup() -> None:
         err.print(fixed)
     started = host.start_daemons()
     err.print(f"daemons: {'started ' + ', '.join(started) if started else 'already running'}")
-    err.print(f"storage pool {host.POOL_NAME!r}: {'created/started' if host.ensure_pool() else 'ok'}")
+    err.print(f"storage pool {lv.POOL!r}: {'created/started' if host.ensure_pool() else 'ok'}")
     accel = host.host_accelerator()
     err.print(f"VMs will run under: {accel.reason}")
 

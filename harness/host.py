@@ -17,6 +17,7 @@ from pathlib import Path
 from harness import proc
 from harness.errors import HostError
 from harness.paths import probe_kernel_path, state_dir
+from harness.provider import libvirt as lv
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,9 @@ APT_PACKAGES = (
     "iptables",
     "rsync",
 )
-POOL_NAME = "default"
+# Where `ensure_pool` puts libvirt's storage pool (lv.POOL) when the host has none.
 POOL_PATH = "/var/lib/libvirt/images"
 PROBE_MARKER = "HARNESS-PROBE-OK"
-LIBVIRT_URI = "qemu:///system"
 
 
 def _boot_sector() -> bytes:
@@ -349,7 +349,7 @@ def start_daemons() -> list[str]:
 def _wait_for_libvirt(timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        result = proc.run(["virsh", "-c", LIBVIRT_URI, "version"], timeout=10)
+        result = proc.run(["virsh", "-c", lv.URI, "version"], timeout=10)
         if result.ok:
             return
         if time.monotonic() > deadline:
@@ -358,22 +358,22 @@ def _wait_for_libvirt(timeout: float = 30.0) -> None:
 
 
 def ensure_pool() -> bool:
-    """Make sure libvirt's `default` storage pool exists and runs. Returns True if it changed."""
-    virsh = ["virsh", "-c", LIBVIRT_URI]
-    info = proc.run([*virsh, "pool-info", POOL_NAME], timeout=30)
+    """Make sure libvirt's storage pool (lv.POOL, `default`) exists and runs. Returns True if it changed."""
+    virsh = ["virsh", "-c", lv.URI]
+    info = proc.run([*virsh, "pool-info", lv.POOL], timeout=30)
     changed = False
     if not info.ok:
         Path(POOL_PATH).mkdir(parents=True, exist_ok=True)
-        for args in (["pool-define-as", POOL_NAME, "dir", "--target", POOL_PATH], ["pool-autostart", POOL_NAME]):
+        for args in (["pool-define-as", lv.POOL, "dir", "--target", POOL_PATH], ["pool-autostart", lv.POOL]):
             result = proc.run([*virsh, *args], timeout=30)
             if not result.ok:
-                raise HostError(f"cannot create libvirt storage pool {POOL_NAME!r}: {result.describe()}")
+                raise HostError(f"cannot create libvirt storage pool {lv.POOL!r}: {result.describe()}")
         changed = True
-        info = proc.run([*virsh, "pool-info", POOL_NAME], timeout=30)
+        info = proc.run([*virsh, "pool-info", lv.POOL], timeout=30)
     if "running" not in info.stdout:
-        result = proc.run([*virsh, "pool-start", POOL_NAME], timeout=30)
+        result = proc.run([*virsh, "pool-start", lv.POOL], timeout=30)
         if not result.ok:
-            raise HostError(f"cannot start libvirt storage pool {POOL_NAME!r}: {result.describe()}")
+            raise HostError(f"cannot start libvirt storage pool {lv.POOL!r}: {result.describe()}")
         changed = True
     return changed
 

@@ -18,12 +18,13 @@ from typing import Any
 
 import yaml
 
+from harness import ssh
 from harness.errors import ProviderError, SpecError
 from harness.spec import BUILTIN_GROUPS, Node
 
 log = logging.getLogger(__name__)
 
-SSH_COMMON_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes"
+SSH_COMMON_ARGS = ssh.command_line(ssh.NODE_TRUST)
 PYTHON_INTERPRETER = "/usr/bin/python3"
 
 

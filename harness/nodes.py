@@ -17,7 +17,7 @@ from pathlib import Path
 
 import libvirt
 
-from harness import box, checkpoints, gpus, host, network, passthrough, phases, proc, rundir
+from harness import box, checkpoints, gpus, host, network, passthrough, phases, proc, rundir, ssh
 from harness.errors import DestroyError, HarnessError, HostError, Interrupted, ProviderError
 from harness.provider import libvirt as lv
 from harness.render import build_view, private_ips, render_vagrantfile
@@ -143,19 +143,11 @@ def install_cluster_key(run: RunState) -> None:
         stripped = line.strip()
         if stripped.startswith("IdentityFile"):
             line = f"  IdentityFile {key}"
-        elif stripped.startswith(
-            ("StrictHostKeyChecking", "UserKnownHostsFile", "LogLevel", "IdentitiesOnly", "PasswordAuthentication")
-        ):
+        elif stripped.startswith(tuple(ssh.NODE_CONFIG)):
             continue
         lines.append(line)
         if stripped.startswith("Host "):
-            lines += [
-                "  StrictHostKeyChecking no",
-                "  UserKnownHostsFile /dev/null",
-                "  IdentitiesOnly yes",
-                "  PasswordAuthentication no",
-                "  LogLevel ERROR",
-            ]
+            lines += ssh.config_lines(ssh.NODE_CONFIG)
     run.ssh_config.write_text("\n".join(lines) + "\n")
     run.ssh_config.chmod(0o600)
     vagrant_cfg.unlink()

@@ -12,17 +12,17 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import pci
 from harness.errors import HostError
 from harness.gpus import DEFAULT_VENDORS, IOMMU_ADVICE, Discovery, PciDevice, iommu_off_problem
 from harness.paths import state_dir
 from harness.proc import pid_alive
-from harness.spec import GpuRequest, Node, normalize_pci_address
+from harness.spec import GpuRequest, Node
 
 LOCK_SUFFIX = ".lock"
 _GUARD = ".guard"
@@ -45,10 +45,9 @@ class Hostdev:
 
     @classmethod
     def from_address(cls, address: str) -> Hostdev:
-        addr = normalize_pci_address(address)
-        domain, bus, rest = addr.split(":")
-        slot, function = rest.split(".")
-        return cls(addr, f"0x{domain}", f"0x{bus}", f"0x{slot}", f"0x{function}")
+        addr = pci.PciAddress.parse(address)
+        domain, bus, slot, function = (f"0x{f}" for f in addr.fields)
+        return cls(str(addr), domain, bus, slot, function)
 
 
 @dataclass(frozen=True)
@@ -94,20 +93,6 @@ def memory_problem(required_mib: int, available_mib: int) -> str | None:
         f"(short by {required_mib - available_mib} MiB; VMs with GPUs pin all their memory): lower `memory:` or "
         "`count:` of some nodes, or stop other VMs and programs on the host"
     )
-
-
-def hostdev_addresses(domain_xml: str) -> list[str]:
-    """The PCI addresses of the `<hostdev type='pci'>` devices in a libvirt domain's XML (`virsh dumpxml`)."""
-    out = []
-    for src in ET.fromstring(domain_xml).iterfind("./devices/hostdev[@type='pci']/source/address"):
-        dom, bus, slot, fn = (int(src.get(k, "0"), 16) for k in ("domain", "bus", "slot", "function"))
-        out.append(f"{dom:04x}:{bus:02x}:{slot:02x}.{fn:x}")
-    return out
-
-
-def devices_in_use(domains: Mapping[str, str]) -> dict[str, str]:
-    """PCI address -> domain name, from running domains' XML (domain name -> XML)."""
-    return {addr: name for name, xml in domains.items() for addr in hostdev_addresses(xml)}
 
 
 # --- locks
@@ -276,7 +261,7 @@ class _Planner:
     def explicit(self, node: str, addresses: Sequence[str]) -> None:
         for raw in addresses:
             try:
-                address = normalize_pci_address(raw)
+                address = pci.normalize_address(raw)
             except ValueError as exc:
                 self.problems.append(f"{node}: {exc}")
                 continue

@@ -1,14 +1,20 @@
-"""Where things live: the project's data (templates, box recipes, roles, scenarios), the per-user
-cache, the host-wide run registry and the per-project run directories."""
+"""Where things live: the package's data (Vagrantfile template, box recipes), the checkout's roles
+and scenarios, the per-user cache, the host-wide run registry and the per-project run directories."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES_DIR = PROJECT_ROOT / "vagrant"
-BOX_RECIPES_DIR = PROJECT_ROOT / "vagrant" / "boxes"
+# Shipped inside the package (wheel and sdist), so an installed harness renders and builds boxes
+# outside the checkout; the checkout's top-level `vagrant/` is a link to DATA_DIR / "vagrant".
+PACKAGE_DIR = Path(__file__).resolve().parent
+DATA_DIR = PACKAGE_DIR / "data"
+TEMPLATES_DIR = DATA_DIR / "vagrant"
+BOX_RECIPES_DIR = TEMPLATES_DIR / "boxes"
+# The checkout (editable install). Installed from a wheel these directories do not exist: roles
+# come from the scenario's roles_path or the harness.cluster collection (README "Installing from a wheel").
+PROJECT_ROOT = PACKAGE_DIR.parent
 ROLES_DIR = PROJECT_ROOT / "roles"
 SCENARIOS_DIR = PROJECT_ROOT / "scenarios"
 

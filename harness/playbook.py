@@ -142,12 +142,19 @@ def content_digest(scenario: Scenario) -> str:
     return checkpoints.content_digest(paths, scenario.provision.extra_vars)
 
 
+def collections_search_path(collections: Path) -> str:
+    """The run's collections first, then Ansible's default places (a collection installed with
+    `ansible-galaxy collection install` stays visible)."""
+    defaults = [Path.home() / ".ansible" / "collections", Path("/usr/share/ansible/collections")]
+    return os.pathsep.join(str(p) for p in [collections, *defaults])
+
+
 def ansible_env(role_dirs: list[Path], collections: Path | None) -> dict[str, str]:
     """Where Ansible looks for roles and collections (the collections of the `ansible` package,
     a harness dependency, are found through Python's path in any case)."""
     env = {"ANSIBLE_ROLES_PATH": os.pathsep.join(str(p.resolve()) for p in role_dirs)}
     if collections is not None:
-        env["ANSIBLE_COLLECTIONS_PATH"] = str(collections)
+        env["ANSIBLE_COLLECTIONS_PATH"] = collections_search_path(collections)
     return env
 
 

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import ansible_runner
 
-from harness import tools
+from harness import playbook, ssh, tools
 from harness.errors import IdempotenceError, Interrupted, ProvisionError
 from harness.report import Failure, mask_secrets, redact, secret_values
 
@@ -396,9 +396,7 @@ def mitogen_strategy_dir() -> Path:
 
 
 def _envvars(opts: ProvisionOptions) -> dict[str, str]:
-    # Keep-alives: a node that stops answering mid-task (paused, overloaded) drops its connection
-    # after a minute, is reported unreachable and retried, instead of hanging the converge.
-    ssh_args = "-o ControlMaster=auto -o ControlPersist=60s -o ServerAliveInterval=15 -o ServerAliveCountMax=4" + (
+    ssh_args = ssh.command_line(ssh.ANSIBLE_CONNECTION) + (
         f" -F {shlex.quote(str(opts.ssh_config))}" if opts.ssh_config else ""
     )
     env = {
@@ -422,7 +420,7 @@ def _envvars(opts: ProvisionOptions) -> dict[str, str]:
         "ANSIBLE_SSH_RETRIES": "3",
     }
     if opts.collections_path is not None:
-        env["ANSIBLE_COLLECTIONS_PATH"] = str(opts.collections_path)
+        env["ANSIBLE_COLLECTIONS_PATH"] = playbook.collections_search_path(opts.collections_path)
     if opts.strategy.startswith("mitogen"):
         env["ANSIBLE_STRATEGY_PLUGINS"] = str(mitogen_strategy_dir())
     return env

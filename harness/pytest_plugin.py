@@ -1,26 +1,27 @@
 """pytest plugin loaded into a scenario's test run (`-p harness.pytest_plugin`).
 
 Gives scenario tests a `cluster` fixture for cluster-level checks next to testinfra's `host`:
-nodes by group, running a command on a node, reading a file from a node. It reads the run's
-inventory and ssh_config from HARNESS_INVENTORY and HARNESS_SSH_CONFIG, which `harness verify`
-sets; the same inventory drives Ansible.
+nodes by group, running a command on a node, reading a file from a node; and `journal`, a unit's
+journal for a failure message. It reads the run's inventory and ssh_config from HARNESS_INVENTORY
+and HARNESS_SSH_CONFIG, which `harness verify` sets; the same inventory drives Ansible.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import testinfra
 
-from harness import proc, reach
+from harness import proc, reach, ssh
 from harness.inventory import hosts_in_group, known_groups, load_inventory
 
 JOURNAL_LINES = 50
-SSH_SPEED = ["-o", "ControlMaster=auto", "-o", "ControlPath=/tmp/hx-cm-%C", "-o", "ControlPersist=120"]
 
 
 class Cluster:
@@ -46,22 +47,34 @@ class Cluster:
     def private_ip(self, node: str) -> str:
         return str(self.hostvars[node]["harness_private_ip"])
 
-    def run(self, node: str, command: str, timeout: float = 300) -> proc.CommandResult:
-        """Run a shell command line on node as the connecting user (prefix `sudo` for root)."""
-        if node not in self.hostvars:
-            raise KeyError(f"no node {node!r}; nodes: {', '.join(self.nodes)}")
-        return proc.run(["ssh", "-F", str(self.ssh_config), *SSH_SPEED, node, command], timeout=timeout)
+    def run(self, node: str, command: str, *args: str, timeout: float = 300) -> proc.CommandResult:
+        """Run a shell command line on node as the connecting user (prefix `sudo` for root). Like
+        testinfra's `host.run`, `args` fill `command`'s `%s` shell-quoted: `run(node, "cat %s", path)`."""
+        self._known(node)
+        if args:
+            command %= tuple(map(shlex.quote, args))
+        argv = ["ssh", "-F", str(self.ssh_config), *ssh.args(ssh.TESTS_CONNECTION), node, command]
+        return proc.run(argv, timeout=timeout)
 
-    def check(self, node: str, command: str, timeout: float = 300) -> str:
+    def check(self, node: str, command: str, *args: str, timeout: float = 300) -> str:
         """Like run, but fails the test (with the command's output) unless it exits 0."""
         __tracebackhide__ = True
-        res = self.run(node, command, timeout)
+        res = self.run(node, command, *args, timeout=timeout)
         if not res.ok:
             pytest.fail(f"on {node}: {res.describe()}", pytrace=False)
         return res.stdout
 
     def read_file(self, node: str, path: str) -> str:
-        return self.check(node, f"sudo cat {path}")
+        return self.check(node, "sudo cat %s", path)
+
+    def host(self, node: str) -> Any:
+        """testinfra's `host` for any node, in a cluster-level test: `journal(cluster.host(node), unit)`."""
+        self._known(node)
+        return testinfra.get_host(f"ssh://{node}", ssh_config=str(self.ssh_config))
+
+    def _known(self, node: str) -> None:
+        if node not in self.hostvars:
+            raise KeyError(f"no node {node!r}; nodes: {', '.join(self.nodes)}")
 
 
 GROUPS_MARKER = "groups"
@@ -165,10 +178,16 @@ def node_name(host: Any) -> str:
 
 
 def journal(host: Any, unit: str, lines: int = JOURNAL_LINES) -> str:
-    """The last `lines` journal lines of `unit` on testinfra's `host` (read as root)."""
-    with host.sudo():
-        out = host.run(f"journalctl -u {unit} -n {lines} --no-pager")
-    return out.stdout if out.rc == 0 else f"(journalctl failed, rc={out.rc}: {out.stderr.strip()})"
+    """The last `lines` journal lines of `unit` on testinfra's `host` (read as root), under a title
+    line, for a failure message. In a cluster-level test: `journal(cluster.host(node), unit)`."""
+    title = f"--- journalctl -u {unit} -n {lines} on {host.backend.get_hostname()} ---"
+    try:
+        with host.sudo():
+            out = host.run("journalctl -u %s -n %s --no-pager", unit, str(lines))
+    except RuntimeError as exc:  # testinfra's ssh backend when ssh itself fails (the node is gone)
+        return f"{title}\n(cannot read the journal: {exc})"
+    text = out.stdout if out.rc == 0 else f"(journalctl failed, rc={out.rc}: {out.stderr.strip()})"
+    return f"{title}\n{text}"
 
 
 def assert_service_ok(host: Any, unit: str) -> None:
@@ -179,11 +198,8 @@ def assert_service_ok(host: Any, unit: str) -> None:
         p for p, bad in (("not running", not service.is_running), ("not enabled", not service.is_enabled)) if bad
     ]
     if problems:
-        pytest.fail(
-            f"{unit} on {host.backend.get_hostname()}: {', '.join(problems)}\n"
-            f"--- journalctl -u {unit} -n {JOURNAL_LINES} ---\n{journal(host, unit)}",
-            pytrace=False,
-        )
+        where = host.backend.get_hostname()
+        pytest.fail(f"{unit} on {where}: {', '.join(problems)}\n{journal(host, unit)}", pytrace=False)
 
 
 @pytest.fixture

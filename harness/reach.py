@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import proc
+from harness import proc, ssh
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,7 @@ def ssh_wait_seconds() -> float:
 
 def answers(ssh_config: Path, node: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
     """One SSH round trip to `node` (a fresh connection, no shared master)."""
-    argv = ["ssh", "-F", str(ssh_config), "-o", f"ConnectTimeout={int(timeout)}", "-o", "BatchMode=yes",
-            "-o", "ControlMaster=no", "-o", "ControlPath=none", node, "true"]  # fmt: skip
+    argv = ["ssh", "-F", str(ssh_config), *ssh.args(ssh.probe_options(timeout)), node, "true"]
     return proc.run(argv, timeout=timeout + 15).ok
 
 
@@ -69,17 +68,13 @@ def wait_for_ssh(
     return WaitResult(answered, pending, clock() - started)
 
 
-# Where shared connections live: Ansible's default ControlPath, and the pytest plugin's.
-CONTROL_PATHS = (str(Path.home() / ".ansible" / "cp" / "%C"), "/tmp/hx-cm-%C")
-
-
-def reset_connections(ssh_config: Path, nodes: list[str], control_paths: tuple[str, ...] = CONTROL_PATHS) -> int:
+def reset_connections(ssh_config: Path, nodes: list[str], control_paths: tuple[str, ...] = ssh.CONTROL_PATHS) -> int:
     """Close the shared SSH connections (ControlMaster) to `nodes`, so that the next converge or
     test opens fresh ones instead of writing into a connection that died with a pause; how many
     were closed. mitogen's connections live in the ansible-playbook process and end with it."""
     closed = 0
     for node in nodes:
         for path in control_paths:
-            argv = ["ssh", "-F", str(ssh_config), "-o", f"ControlPath={path}", "-O", "exit", node]
+            argv = ["ssh", "-F", str(ssh_config), *ssh.args({"ControlPath": path}), "-O", "exit", node]
             closed += proc.run(argv, timeout=10).ok
     return closed

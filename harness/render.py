@@ -9,9 +9,10 @@ from pathlib import Path
 
 import jinja2
 
-from harness import __version__
+from harness import __version__, pci
 from harness.host import Accelerator
 from harness.paths import TEMPLATES_DIR
+from harness.provider import libvirt as lv
 from harness.spec import Node, Scenario
 
 
@@ -24,9 +25,7 @@ class PciFunction:
 
     @classmethod
     def from_address(cls, address: str) -> PciFunction:
-        dom, bus, rest = address.split(":")
-        slot, fn = rest.split(".")
-        return cls(dom, bus, slot, fn)
+        return cls(*pci.PciAddress.parse(address).fields)
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ class RunView:
     private_network: str
     private_subnet: str
     run_dir: str
-    pool: str = "default"
+    pool: str = lv.POOL
     synced_folders: bool = False
     boot_timeout: int = 600
     harness_version: str = __version__

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from harness import pci
 from harness.errors import SpecError
 
 DEFAULT_BOX = "harness/debian12"
@@ -34,20 +35,6 @@ def group_name_problem(name: str) -> str | None:
     if not _GROUP.match(name):
         return f"{name!r}: {_GROUP_RULE} (what Ansible host patterns accept)"
     return None
-
-
-_PCI = re.compile(
-    r"^(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):(?P<slot>[0-1][0-9a-fA-F])\.(?P<fn>[0-7])$"
-)
-
-
-def normalize_pci_address(value: str) -> str:
-    """`08:00.0` → `0000:08:00.0`; raises ValueError for anything that is not a PCI address."""
-    m = _PCI.match(value.strip())
-    if not m:
-        raise ValueError(f"{value!r} is not a PCI address like 0000:08:00.0")
-    domain = m.group("domain") or "0000"
-    return f"{domain}:{m.group('bus')}:{m.group('slot')}.{m.group('fn')}".lower()
 
 
 class _Model(BaseModel):
@@ -105,7 +92,7 @@ class NodeSpec(_Model):
                 raise ValueError("a GPU count must be between 0 and 16")
             return v
         if isinstance(v, list):
-            addrs = [normalize_pci_address(a) for a in v]
+            addrs = [pci.normalize_address(a) for a in v]
             if len(set(addrs)) != len(addrs):
                 raise ValueError("a PCI address is listed twice")
             return addrs

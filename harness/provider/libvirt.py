@@ -17,6 +17,7 @@ from pathlib import Path
 
 import libvirt
 
+from harness import pci
 from harness.errors import ProviderError
 
 log = logging.getLogger(__name__)
@@ -183,10 +184,8 @@ def hostdevs_in_use(conn: libvirt.virConnect) -> dict[str, str]:
     """PCI address → running domain that holds it as a hostdev."""
     held: dict[str, str] = {}
     for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-        root = ET.fromstring(dom.XMLDesc())
-        for addr in root.findall("./devices/hostdev[@type='pci']/source/address"):
-            a = {k: int(addr.get(k, "0"), 16) for k in ("domain", "bus", "slot", "function")}
-            held[f"{a['domain']:04x}:{a['bus']:02x}:{a['slot']:02x}.{a['function']:x}"] = dom.name()
+        for address in pci.hostdev_addresses(dom.XMLDesc()):
+            held[address] = dom.name()
     return held
 
 

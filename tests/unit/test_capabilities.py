@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import grp
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ class _Conn:
 @pytest.mark.parametrize(("step", "reprobing"), [(4.5, True), (0.04, False)])
 def test_two_slow_queries_mean_a_reprobe_loop(monkeypatch: pytest.MonkeyPatch, step: float, reprobing: bool) -> None:
     clock = [0.0]
-    monkeypatch.setattr(capabilities.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # capabilities times with time.monotonic
     timing = capabilities.time_capability_queries(_Conn(clock, step))
     assert timing.reprobing is reprobing
     assert len(timing.seconds) == 2

@@ -28,14 +28,14 @@ class _Libvirt:
 
 
 def _sweep(monkeypatch: pytest.MonkeyPatch, fake: _Libvirt, deadline: float = 90.0) -> lv.RunObjects:
-    monkeypatch.setattr(nodes.lv, "remove_run", fake.remove_run)
-    monkeypatch.setattr(nodes.lv, "run_objects", fake.run_objects)
+    monkeypatch.setattr(lv, "remove_run", fake.remove_run)
+    monkeypatch.setattr(lv, "run_objects", fake.run_objects)
     clock = [0.0]
 
     def sleep(s: float) -> None:
         clock[0] += s
 
-    return nodes.sweep(None, "hx-r", deadline_s=deadline, clock=lambda: clock[0], sleep=sleep)  # type: ignore[arg-type]
+    return nodes.sweep(None, "hx-r", deadline_s=deadline, clock=lambda: clock[0], sleep=sleep)
 
 
 def test_a_domain_defined_after_the_first_sweep_is_swept_too(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,8 +16,6 @@ from harness.passthrough import (
     Hostdev,
     acquire_locks,
     allocate,
-    devices_in_use,
-    hostdev_addresses,
     memory_problem,
     plan_allocation,
     release_locks,
@@ -257,15 +255,3 @@ def test_memory_problem() -> None:
     assert memory_problem(4096, 8192) is None
     msg = memory_problem(16384, 8192)
     assert msg is not None and "16384 MiB" in msg and "8192 MiB" in msg and "memory:" in msg
-
-
-def test_in_use_from_domain_xml() -> None:
-    xml = """<domain type='kvm'><name>x</name><devices>
-      <disk type='file'/>
-      <hostdev mode='subsystem' type='pci' managed='yes'>
-        <source><address domain='0x0000' bus='0x06' slot='0x00' function='0x0'/></source>
-      </hostdev>
-      <hostdev mode='subsystem' type='usb'><source><vendor id='0x1'/></source></hostdev>
-    </devices></domain>"""
-    assert hostdev_addresses(xml) == ["0000:06:00.0"]
-    assert devices_in_use({"x": xml}) == {"0000:06:00.0": "x"}

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from harness import lifecycle, phases, report
+from harness import lifecycle, phases, reach, report
 from harness.provision import Progress, ProvisionResult, result_from_events
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ansible"
@@ -119,18 +119,18 @@ def _sequence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *cases: str) -> l
     monkeypatch.setattr(phases, "_converge_once", once)
     monkeypatch.setattr(phases, "_checkpoint_converged", lambda *_args: None)
     monkeypatch.setattr(phases, "RETRY_PAUSE_S", 0.0)
-    monkeypatch.setattr(phases.reach, "reset_connections", lambda cfg, nodes: len(nodes))
+    monkeypatch.setattr(reach, "reset_connections", lambda cfg, nodes: len(nodes))
     return ran
 
 
 def _ssh_answers(monkeypatch: pytest.MonkeyPatch, answers: bool) -> list[list[str]]:
     waited: list[list[str]] = []
 
-    def wait(cfg: Path, nodes: list[str], deadline: float, on_wait: Any = None) -> phases.reach.WaitResult:
+    def wait(cfg: Path, nodes: list[str], deadline: float, on_wait: Any = None) -> reach.WaitResult:
         waited.append(list(nodes))
-        return phases.reach.WaitResult(nodes if answers else [], [] if answers else nodes, 42.0)
+        return reach.WaitResult(nodes if answers else [], [] if answers else nodes, 42.0)
 
-    monkeypatch.setattr(phases.reach, "wait_for_ssh", wait)
+    monkeypatch.setattr(reach, "wait_for_ssh", wait)
     return waited
 
 

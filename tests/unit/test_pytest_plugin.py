@@ -1,13 +1,19 @@
 """The harness pytest plugin's `groups` marker: per-node tests collected only for nodes of the named
 groups. Runs a real inner pytest session with testinfra's ssh backend (hosts are never contacted:
-collection alone decides)."""
+collection alone decides). And the `cluster` fixture's commands, with ssh faked."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
+
+from harness import proc, ssh
+from harness.pytest_plugin import Cluster, journal
 
 pytest_plugins = ["pytester"]
 
@@ -80,3 +86,91 @@ def test_an_unknown_group_is_a_usage_error_not_a_silent_deselection(inner: pytes
     result = inner.runpytest("-p", "harness.pytest_plugin", HOSTS, "--collect-only", "-q")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*must name groups of the inventory; it has: all, compute, gpu, login, mgmt*"])
+
+
+@pytest.fixture
+def ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """The argv of every command the plugin runs; each one succeeds without running."""
+    calls: list[tuple[str, ...]] = []
+
+    def fake_run(argv: Sequence[str], *, timeout: float | None = None) -> proc.CommandResult:
+        calls.append(tuple(argv))
+        return proc.CommandResult(tuple(argv), 0, "out", "", 0.0)
+
+    monkeypatch.setattr(proc, "run", fake_run)
+    return calls
+
+
+def _cluster(tmp_path: Path) -> Cluster:
+    inv = tmp_path / "inventory.yml"
+    inv.write_text(yaml.safe_dump(INVENTORY))
+    return Cluster(inv, tmp_path / "ssh_config")
+
+
+def test_cluster_run_quotes_its_args_into_the_command_like_testinfra(
+    tmp_path: Path, ran: list[tuple[str, ...]]
+) -> None:
+    cluster = _cluster(tmp_path)
+    cluster.run("gpu01", "cat %s %s", "/tmp/a b", "it's")
+    cluster.check("gpu01", "test -d %s", "/x;rm -rf /", timeout=5)
+    cluster.read_file("mgmt01", "/etc/my file")
+    # Without args the command is passed as written, `%` and all (testinfra does the same).
+    cluster.run("login01", "sinfo -o '%N %t'")
+    prefix = ("ssh", "-F", str(tmp_path / "ssh_config"), *ssh.args(ssh.TESTS_CONNECTION))
+    assert ran == [
+        (*prefix, "gpu01", "cat '/tmp/a b' 'it'\"'\"'s'"),
+        (*prefix, "gpu01", "test -d '/x;rm -rf /'"),
+        (*prefix, "mgmt01", "sudo cat '/etc/my file'"),
+        (*prefix, "login01", "sinfo -o '%N %t'"),
+    ]
+
+
+def test_cluster_run_refuses_a_node_that_is_not_in_the_inventory(tmp_path: Path, ran: list[tuple[str, ...]]) -> None:
+    with pytest.raises(KeyError, match="no node 'gpu09'"):
+        _cluster(tmp_path).run("gpu09", "true")
+    assert ran == []
+
+
+class _FakeHost:
+    """testinfra's `host`, as much as `journal` uses: sudo(), run(command, *args), the backend's name."""
+
+    def __init__(self, rc: int = 0, fails: bool = False) -> None:
+        self.rc = rc
+        self.fails = fails
+        self.root = False
+        self.commands: list[tuple[str, ...]] = []
+        self.backend = self
+
+    def get_hostname(self) -> str:
+        return "gpu01"
+
+    @contextmanager
+    def sudo(self) -> Iterator[None]:
+        self.root = True
+        yield
+        self.root = False
+
+    def run(self, command: str, *args: str) -> SimpleNamespace:
+        assert self.root, "the journal is read as root"
+        self.commands.append((command, *args))
+        if self.fails:
+            raise RuntimeError("ssh: connect to host gpu01 port 22: No route to host")
+        return SimpleNamespace(rc=self.rc, stdout="line 1\nline 2\n", stderr="no such unit\n")
+
+
+def test_journal_has_a_title_and_reads_as_root() -> None:
+    host = _FakeHost()
+    assert journal(host, "slurmd", lines=20) == "--- journalctl -u slurmd -n 20 on gpu01 ---\nline 1\nline 2\n"
+    assert host.commands == [("journalctl -u %s -n %s --no-pager", "slurmd", "20")]
+
+
+def test_journal_says_why_it_has_no_lines() -> None:
+    assert journal(_FakeHost(rc=1), "nope").endswith("\n(journalctl failed, rc=1: no such unit)")
+    assert "(cannot read the journal: ssh: connect to host gpu01" in journal(_FakeHost(fails=True), "slurmd")
+
+
+def test_cluster_host_is_testinfra_over_the_run_ssh_config(tmp_path: Path) -> None:
+    host = _cluster(tmp_path).host("gpu01")
+    assert host.backend.get_hostname() == "gpu01" and host.backend.ssh_config == str(tmp_path / "ssh_config")
+    with pytest.raises(KeyError, match="no node 'gpu09'"):
+        _cluster(tmp_path).host("gpu09")

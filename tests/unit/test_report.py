@@ -20,12 +20,17 @@ from harness.report import (
 )
 
 
-def RunReport(*args: Any, **kwargs: Any) -> report.RunReport:
+def RunReport(
+    scenario: str,
+    run_id: str,
+    phases: list[PhaseResult] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> report.RunReport:
     """A report of the lifecycle's sequence, as `harness run` makes them."""
-    return report.RunReport(*args, order=PHASES, **kwargs)
+    return report.RunReport(scenario, run_id, phases or [], metadata or {}, order=PHASES)
 
 
-def _report() -> RunReport:
+def _report() -> report.RunReport:
     return RunReport(
         scenario="tiny",
         run_id="20250101-abc",

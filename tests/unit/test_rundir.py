@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -48,11 +49,10 @@ def test_active_run_is_found_by_scenario_file_and_forgotten(tmp_path: Path) -> N
 
 
 def test_liveness(tmp_path: Path) -> None:
-    base = {"run_id": "x-000000", "scenario": "x", "scenario_file": "/x", "run_dir": str(tmp_path)}
-    kept = rundir.RunState(**base, pid=999_999_999, state="up")
-    dead_creator = rundir.RunState(**base, pid=999_999_999, state="creating")
-    other_creator = rundir.RunState(**base, pid=os.getppid(), state="creating")
-    destroyed = rundir.RunState(**base, pid=os.getppid(), state="destroyed")
+    kept = rundir.RunState("x-000000", "x", "/x", str(tmp_path), pid=999_999_999, state="up")
+    dead_creator = replace(kept, state="creating")
+    other_creator = replace(kept, pid=os.getppid(), state="creating")
+    destroyed = replace(kept, pid=os.getppid(), state="destroyed")
     assert rundir.is_live(kept)
     assert not rundir.is_live(dead_creator)
     assert rundir.is_live(other_creator)

@@ -64,7 +64,7 @@ def _wait_for_domain(prefix_start: str, timeout: float) -> str | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with lv.connect() as conn:
-            names = [d.name() for d in conn.listAllDomains() if d.name().startswith(prefix_start)]
+            names: list[str] = [d.name() for d in conn.listAllDomains() if d.name().startswith(prefix_start)]
         if names:
             return names[0]
         time.sleep(0.5)

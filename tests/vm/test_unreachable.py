@@ -26,11 +26,14 @@ def _start_run(runs_dir: Path, report_dir: Path, env: dict[str, str] | None = No
     return subprocess.Popen(argv, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _domain_once_converging(runs_dir: Path, timeout: float = 900) -> str:
-    """The node's domain name, once provision has run a few steps of its loop."""
+def _domain_once_converging(runs_dir: Path, earlier: set[Path], timeout: float = 900) -> str:
+    """The node's domain name of the run started after `earlier` runs, once provision has run a
+    few steps of its loop."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for events in runs_dir.glob("pause-*/ansible/artifacts/provision-*/job_events"):
+            if events.parents[3] in earlier:
+                continue
             if sum(1 for e in events.glob("*.json") if '"event": "runner_item_on_ok"' in e.read_text()) >= 3:
                 return f"hx-{events.parents[3].name}-node01"
         time.sleep(2)
@@ -38,14 +41,15 @@ def _domain_once_converging(runs_dir: Path, timeout: float = 900) -> str:
 
 
 def _virsh(*args: str) -> None:
-    subprocess.run(["virsh", "-c", "qemu:///system", *args], check=True, capture_output=True, timeout=60)
+    subprocess.run(["virsh", "-c", lv.URI, *args], check=True, capture_output=True, timeout=60)
 
 
 def test_a_node_paused_for_90s_mid_converge_is_retried_and_the_run_passes(
     tmp_path: Path, runs_dir: Path, figure: Callable[[str, str], None]
 ) -> None:
+    earlier = set(runs_dir.glob("pause-*"))
     run = _start_run(runs_dir, tmp_path)
-    domain = _domain_once_converging(runs_dir)
+    domain = _domain_once_converging(runs_dir, earlier)
     _virsh("suspend", domain)
     time.sleep(90)
     _virsh("resume", domain)
@@ -63,8 +67,9 @@ def test_a_node_paused_for_90s_mid_converge_is_retried_and_the_run_passes(
 
 
 def test_a_node_that_stays_silent_ends_the_run_as_unreachable_and_tears_down(tmp_path: Path, runs_dir: Path) -> None:
+    earlier = set(runs_dir.glob("pause-*"))
     run = _start_run(runs_dir, tmp_path, {"HARNESS_SSH_WAIT": "30"})
-    domain = _domain_once_converging(runs_dir)
+    domain = _domain_once_converging(runs_dir, earlier)
     _virsh("suspend", domain)  # never resumed: teardown must cope with a paused domain
     output, _ = run.communicate(timeout=1800)
     assert run.returncode == 15, output

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from harness.pytest_plugin import journal
+
 ROLES = Path(__file__).resolve().parents[3] / "roles"
 JOB_TIMEOUT = 300
 
@@ -50,6 +52,6 @@ def test_dcgm_exporter_is_scrapable_from_mgmt(cluster: Any, gpu_nodes: list[str]
         fetch = f"import urllib.request as u; print(u.urlopen('http://{ip}:9400/metrics', timeout=20).read().decode())"
         res = cluster.run(mgmt, f"python3 -c {shlex.quote(fetch)}")
         if not res.ok:
-            journal = cluster.run(node, "sudo journalctl -u dcgm-exporter -n 50 --no-pager").stdout
-            pytest.fail(f"{node}:9400/metrics not reachable from {mgmt}: {res.stderr}\n{journal}", pytrace=False)
+            log = journal(cluster.host(node), "dcgm-exporter")
+            pytest.fail(f"{node}:9400/metrics not reachable from {mgmt}: {res.stderr}\n{log}", pytrace=False)
         assert "DCGM_FI_DEV_GPU_TEMP" in res.stdout or "DCGM_FI_" in res.stdout

@@ -1,5 +1,5 @@
-"""Helpers for the slurm scenario's tests: what each group runs, service checks that show the
-unit's journal on failure, and polling."""
+"""Helpers for the slurm scenario's tests: what each group runs, and polling (a unit's journal for a
+failure message comes from the harness plugin: `journal(cluster.host(node), unit)`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-from harness.pytest_plugin import JOURNAL_LINES
 
 # What every node of a group runs: systemd units and TCP ports it listens on.
 SERVICES = {
@@ -25,12 +23,6 @@ WATCHED_PORTS = {2049, 6817, 6818, 9090, 9100}
 # The test user site.yml creates (home on NFS).
 TEST_USER = "slurmtest"
 TEST_UID = 2001
-
-
-def cluster_journal(cluster: Any, node: str, unit: str) -> str:
-    """`journalctl -u unit` of a node, through the cluster fixture (for cluster-level failures)."""
-    res = cluster.run(node, f"sudo journalctl -u {unit} -n {JOURNAL_LINES} --no-pager")
-    return f"--- journalctl -u {unit} -n {JOURNAL_LINES} on {node} ---\n{res.stdout if res.ok else res.stderr}"
 
 
 def poll(probe: Callable[[], Any], timeout: float, interval: float = 5.0) -> tuple[bool, Any]:

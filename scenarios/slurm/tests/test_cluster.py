@@ -10,7 +10,9 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import TEST_USER, cluster_journal, poll
+from conftest import TEST_USER, poll
+
+from harness.pytest_plugin import journal
 
 LOGIN = "login01"
 JOB_TIMEOUT = 240
@@ -49,7 +51,7 @@ def test_sinfo_shows_every_gpu_node_idle(cluster: Any) -> None:
     if not ok:
         pytest.fail(
             f"gpu nodes not all idle after 120 s: {_node_states(cluster)}\n"
-            + cluster_journal(cluster, cluster.group("mgmt")[0], "slurmctld"),
+            + journal(cluster.host(cluster.group("mgmt")[0]), "slurmctld"),
             pytrace=False,
         )
     assert set(gpus) <= set(states)
@@ -111,7 +113,7 @@ def test_prometheus_sees_every_node_exporter(cluster: Any) -> None:
     if not ok:
         res = cluster.run(mgmt, "curl -s 'http://localhost:9090/api/v1/query?query=up'")
         pytest.fail(
-            f"not every exporter is up: {res.stdout}\n" + cluster_journal(cluster, mgmt, "prometheus"), pytrace=False
+            f"not every exporter is up: {res.stdout}\n" + journal(cluster.host(mgmt), "prometheus"), pytrace=False
         )
 
 

@@ -6,7 +6,9 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import TEST_USER, cluster_journal, poll
+from conftest import TEST_USER, poll
+
+from harness.pytest_plugin import journal
 
 LOGIN = "login01"
 
@@ -31,7 +33,7 @@ def test_stopped_slurmd_marks_the_node_down_and_back(cluster: Any) -> None:
         ok, _ = poll(lambda: _state(cluster, node) == "idle", 60)
     if not ok:
         pytest.fail(
-            f"{node} is {_state(cluster, node)!r}, not idle\n" + cluster_journal(cluster, node, "slurmd"), pytrace=False
+            f"{node} is {_state(cluster, node)!r}, not idle\n" + journal(cluster.host(node), "slurmd"), pytrace=False
         )
 
 

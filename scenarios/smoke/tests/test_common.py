@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from harness import ssh
+
 CHRONY_CONF = "/etc/chrony/chrony.conf"
 PUBLIC_POOL_WORDS = ("pool ", "debian.pool.ntp.org")
 
@@ -34,7 +36,7 @@ def test_admin_user_exists_with_locked_password(host: Any, role_vars: dict[str, 
     admin = role_vars["common_admin_user"]
     user = host.user(admin)
     assert user.exists, f"user {admin} is missing"
-    assert user.shell == "/bin/bash"
+    assert user.shell == role_vars["common_admin_shell"]
     with host.sudo():
         status = host.check_output(f"passwd -S {admin}").split()
     assert status[1] == "L", f"{admin}'s password is not locked: passwd -S says {status}"
@@ -70,8 +72,7 @@ def test_admin_user_logs_in_over_ssh_with_the_cluster_key(
         pytest.skip("the inventory names no private key file for this node")
     argv = [
         "ssh", "-i", str(key), "-p", str(hv.get("ansible_port", 22)),
-        "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=30",
-        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+        *ssh.args({**ssh.NODE_CONFIG, "BatchMode": "yes", "ConnectTimeout": "30"}),
         f"{role_vars['common_admin_user']}@{hv.get('ansible_host', hv['inventory_hostname'])}",
         "sudo -n true",
     ]  # fmt: skip
