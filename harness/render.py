@@ -10,6 +10,7 @@ from pathlib import Path
 import jinja2
 
 from harness import __version__, pci
+from harness.errors import HostError
 from harness.host import Accelerator
 from harness.paths import TEMPLATES_DIR
 from harness.provider import libvirt as lv
@@ -72,6 +73,7 @@ class RunView:
     private_subnet: str
     run_dir: str
     pool: str = lv.POOL
+    uri: str = lv.URI
     synced_folders: bool = False
     boot_timeout: int = 600
     harness_version: str = __version__
@@ -160,4 +162,11 @@ def _environment() -> jinja2.Environment:
 
 
 def render_vagrantfile(view: VagrantfileView) -> str:
-    return _environment().get_template("Vagrantfile.j2").render(run=view.run, nodes=view.nodes)
+    try:
+        template = _environment().get_template("Vagrantfile.j2")
+    except jinja2.TemplateNotFound as exc:
+        raise HostError(
+            f"the Vagrantfile template {exc.name} is not in {TEMPLATES_DIR}: the harness is installed without "
+            "its package data; reinstall it (`pip install -e .` in a checkout, or the wheel)"
+        ) from exc
+    return template.render(run=view.run, nodes=view.nodes)
