@@ -182,11 +182,6 @@ def converge_detail(result: provision.ProvisionResult) -> str:
     return f"{len(result.stats)} hosts: ok={totals['ok']} changed={totals['changed']} failed={totals['failures']}"
 
 
-def _aborted(phase: str, result: provision.ProvisionResult) -> Failure:
-    """The one failure of a converge that failed without naming a failed task: why, from its log."""
-    return Failure(phase, f"{provision.abort_cause(result)}\nFull log: {result.log_path}")
-
-
 def unreachable_phase(phase: str, conv: Converge, seconds: float) -> PhaseResult:
     """Nodes that never answered again: an infrastructure failure naming them and what was tried."""
     tried = "; ".join(conv.retries) or "no retry"
@@ -227,11 +222,11 @@ def provision_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn) 
     if conv.unreachable:
         return unreachable_phase("provision", conv, seconds)
     detail = _retried(converge_detail(result), conv)
-    if result.ok and not result.failures:
-        _checkpoint_converged(run, scenario, on_progress)
-        return PhaseResult("provision", "passed", seconds, detail=detail, retries=conv.retries)
-    failures = provision.failures_for_report(result) or [_aborted("provision", result)]
-    return PhaseResult("provision", "failed", seconds, failures, detail, retries=conv.retries)
+    failures = provision.converge_verdict(result, "provision")
+    if failures:
+        return PhaseResult("provision", "failed", seconds, failures, detail, retries=conv.retries)
+    _checkpoint_converged(run, scenario, on_progress)
+    return PhaseResult("provision", "passed", seconds, detail=detail, retries=conv.retries)
 
 
 def idempotence_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn) -> PhaseResult:
@@ -241,14 +236,9 @@ def idempotence_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn
     if conv.unreachable:
         return unreachable_phase("idempotence", conv, seconds)
     detail = _retried(converge_detail(result), conv)
-    if not result.ok or result.failures:
-        failures = provision.failures_for_report(result) or [_aborted("idempotence", result)]
-        return PhaseResult("idempotence", "failed", seconds, failures, detail, retries=conv.retries)
-    changed = [h for h, st in result.stats.items() if st.changed]
-    if changed or result.changed:
-        changes = provision.changes_for_report(result)
-        return PhaseResult("idempotence", "failed", seconds, changes, detail, retries=conv.retries)
-    return PhaseResult("idempotence", "passed", seconds, detail=detail, retries=conv.retries)
+    failures = provision.idempotence_verdict(result, "idempotence")
+    status: Status = "failed" if failures else "passed"
+    return PhaseResult("idempotence", status, seconds, failures, detail, retries=conv.retries)
 
 
 def verify_phase(

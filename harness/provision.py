@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import ansible_runner
 
 from harness import playbook, ssh, tools
-from harness.errors import IdempotenceError, Interrupted, ProvisionError
+from harness.errors import Interrupted, ProvisionError
 from harness.report import Failure, mask_secrets, redact, secret_values
 
 log = logging.getLogger(__name__)
@@ -428,7 +428,7 @@ def _envvars(opts: ProvisionOptions) -> dict[str, str]:
 
 def run_playbook(opts: ProvisionOptions, on_progress: Callable[[Progress], None] | None = None) -> ProvisionResult:
     """Run opts.playbook with ansible-runner and return what happened. A failed play is a result,
-    not an exception; use check_converged / check_idempotent to judge it. Raises ProvisionError
+    not an exception; converge_verdict / idempotence_verdict judge it. Raises ProvisionError
     when the run cannot start, Interrupted when it was cancelled (Ctrl-C, SIGTERM)."""
     playbook = opts.playbook.resolve()
     private = opts.private_data_dir.resolve()
@@ -528,52 +528,32 @@ def abort_cause(result: ProvisionResult) -> str:
     return f"{head}\n  the end of the log says:\n{_indent(tail, '    ')}"
 
 
-def check_converged(result: ProvisionResult) -> None:
-    """Raise ProvisionError naming every failed task (host, task, module message) and the log."""
+def converge_verdict(result: ProvisionResult, phase: str = "provision") -> list[Failure]:
+    """What failed in a converge, as report entries; empty when it converged. Each failed task
+    names its host, module, message, role file and the log; a run that stopped without a failed
+    task (a missing collection or role) says why, from the log."""
     if result.ok:
-        return
-    hosts = sorted({f.host for f in result.failures})
-    if result.failures:
-        head = (
-            f"provisioning failed on {len(hosts)} host(s): {', '.join(hosts)} (status {result.status}, rc {result.rc})"
-        )
-        body = "\n".join(
-            f"  - {f.host}: task '{task_label(f.task, f.role)}' ({f.action}) failed:\n"
-            + _indent(f"from {f.task_path}\n{f.message}" if f.task_path else f.message)
-            for f in result.failures
-        )
-        raise ProvisionError(f"{head}\n{body}\nFull log: {result.log_path}")
-    raise ProvisionError(f"{abort_cause(result)}\nFull log: {result.log_path}")
+        return []
+    return failures_for_report(result) or [Failure(phase, f"{abort_cause(result)}\nFull log: {result.log_path}")]
 
 
-def check_idempotent(result: ProvisionResult) -> None:
-    """Raise IdempotenceError unless every host reported zero changed tasks on this converge.
-
-    A second converge that fails outright raises ProvisionError (via check_converged)."""
-    check_converged(result)
-    counts = {h: s.changed for h, s in result.stats.items() if s.changed}
-    if not counts and not result.changed:
-        return
-    lines = []
-    for c in result.changed:
-        lines.append(
-            f"  - {c.host}: task '{task_label(c.task, c.role)}' changed" + (":" if c.diff else " (no diff given)")
-        )
-        if c.task_path:
-            lines.append(_indent(_from(c.task_path, "")))
-        if c.diff:
-            lines.append(_indent(c.diff))
+def idempotence_verdict(result: ProvisionResult, phase: str = "idempotence") -> list[Failure]:
+    """Why a converge that should have changed nothing is not idempotent; empty when it is.
+    A converge that failed outright gives its converge verdict."""
+    failed = converge_verdict(result, phase)
+    if failed:
+        return failed
+    entries = changes_for_report(result)
     named = {c.host for c in result.changed}
-    for host, n in sorted(counts.items()):
-        if host not in named:
-            lines.append(f"  - {host}: {n} changed task(s) counted, no event names them (see the log)")
-    total = sum(counts.values()) or len(result.changed)
-    hosts = sorted(set(counts) | named)
-    raise IdempotenceError(
-        f"the second converge changed {total} task(s) on {len(hosts)} host(s): {', '.join(hosts)}; "
-        "a converged cluster must report changed=0\n" + "\n".join(lines) + "\n"
-        f"Make these tasks idempotent (changed_when, creates/removes, state checks). Full log: {result.log_path}"
-    )
+    for host, st in sorted(result.stats.items()):
+        if st.changed and host not in named:
+            entries.append(
+                Failure(
+                    f"{host}: {st.changed} changed task(s)",
+                    f"counted in the recap, no event names them; see {result.log_path}",
+                )
+            )
+    return entries
 
 
 def failures_for_report(result: ProvisionResult) -> list[Failure]:
@@ -594,7 +574,8 @@ def changes_for_report(result: ProvisionResult) -> list[Failure]:
             f"{c.host}: {task_label(c.task, c.role)}",
             ("changed" if c.diff else "changed (no diff given)")
             + _from(c.task_path, ", ")
-            + (f"\n{c.diff}" if c.diff else ""),
+            + (f"\n{c.diff}" if c.diff else "")
+            + f"\nFull log: {result.log_path}",
         )
         for c in result.changed
     ]
