@@ -147,7 +147,7 @@ def install_cluster_key(run: RunState) -> None:
             continue
         lines.append(line)
         if stripped.startswith("Host "):
-            lines += ssh.config_lines(ssh.NODE_CONFIG)
+            lines += ssh.config_lines({**ssh.NODE_CONFIG, "ControlPath": ssh.run_control_path(run.run_id)})
     run.ssh_config.write_text("\n".join(lines) + "\n")
     run.ssh_config.chmod(0o600)
     vagrant_cfg.unlink()

@@ -74,7 +74,7 @@ def reset_connections(ssh_config: Path, nodes: list[str], control_paths: tuple[s
     were closed. mitogen's connections live in the ansible-playbook process and end with it."""
     closed = 0
     for node in nodes:
-        for path in control_paths:
+        for path in (*control_paths, ssh.run_control_path(ssh_config.parent.name)):
             argv = ["ssh", "-F", str(ssh_config), *ssh.args({"ControlPath": path}), "-O", "exit", node]
             closed += proc.run(argv, timeout=10).ok
     return closed

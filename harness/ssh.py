@@ -44,6 +44,13 @@ TESTS_CONNECTION: Mapping[str, str] = {
 }
 
 
+def run_control_path(run_id: str) -> str:
+    """The ControlPath in a run's ssh_config: testinfra's `host` (which asks for ControlMaster but
+    gives no path) and `harness ssh` share one connection per node through it. Ansible, the
+    `cluster` fixture and the reachability probe set their own."""
+    return f"/tmp/hx-t-{run_id}-%n"
+
+
 def probe_options(connect_timeout: float) -> dict[str, str]:
     """One fresh connection that asks nothing (reach.answers): a shared master could outlive the node."""
     return {
