@@ -21,8 +21,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness import __version__, lifecycle, nodes
+from harness.cli_bundle import bundle_group
 from harness.cli_gpus import gpus
 from harness.cli_host import box_group, doctor, host_group
+from harness.cli_promote import promote_cmd
 from harness.errors import HarnessError, Interrupted, SpecError, UsageError
 from harness.paths import scenario_search_dirs
 from harness.rundir import RunState
@@ -40,6 +42,7 @@ Exit codes:
      box, memory, GPUs)         14  destroy left something behind
                                 15  nodes unreachable (infrastructure,
                                     after retries; not about the roles)
+                                16  promote refused: no green rehearsal
  130 interrupted"""
 
 
@@ -52,6 +55,9 @@ class HarnessGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         signal.signal(signal.SIGTERM, _sigterm)
+        # Ctrl-C and SIGINT tear the run down even where the harness was started with SIGINT
+        # ignored (a background job of a non-interactive shell, as CI runners start jobs).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return super().invoke(ctx)
         except SpecError as exc:
@@ -301,10 +307,11 @@ def run_cmd(
 
     Destroys the cluster at the end, pass or fail, unless --keep. The exit code names the first
     failed phase (see `harness --help`)."""
-    from harness import lifecycle
+    from harness import lifecycle, rehearsal
     from harness.report import write_reports
 
     sc = _load(scenario)
+    content = rehearsal.content_manifest(sc)  # what is rehearsed, as the files are before the run
     progress = _UpProgress([n.name for n in sc.expanded_nodes()])
     with progress.shown():
         if from_checkpoint is not None and not reuse:
@@ -319,6 +326,7 @@ def run_cmd(
         )
     target = report_dir or (run.path if run else Path.cwd() / ".harness" / "reports" / sc.name)
     files = write_reports(rep, target)
+    files.append(rehearsal.record_run(sc, rep, content, target, select))
     err.print(f"\n[bold]{sc.name}[/] run {rep.run_id or '-'}")
     for ph in rep.all_phases():
         _print_phase(ph)
@@ -419,6 +427,8 @@ main.add_command(doctor)
 main.add_command(host_group)
 main.add_command(box_group)
 main.add_command(gpus)
+main.add_command(promote_cmd)
+main.add_command(bundle_group)
 
 
 if __name__ == "__main__":  # pragma: no cover
