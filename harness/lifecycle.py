@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from harness import __version__, checkpoints, nodes, phases, playbook, report, rundir
+from harness import __version__, checkpoints, k8s_bundle, nodes, phases, playbook, report, rundir
 from harness.errors import (
     DestroyError,
     HarnessError,
@@ -138,23 +138,31 @@ def _destroy(ctx: RunContext) -> report.PhaseResult:
     return _timed("destroy", lambda: nodes.teardown(run))
 
 
+def _wants_provision(ctx: RunContext) -> bool:
+    return ctx.scenario.provision is not None and ctx.passed("up")
+
+
 def _wants_idempotence(ctx: RunContext) -> bool:
-    assert ctx.scenario.provision is not None
+    if ctx.scenario.provision is None:
+        return False
     wanted = ctx.scenario.provision.idempotence if ctx.idempotence is None else ctx.idempotence
     return wanted and ctx.passed("provision")
 
 
+def _wants_verify(ctx: RunContext) -> bool:
+    """The tests run on a converged cluster, also when the second converge changed something:
+    whether the cluster works is worth knowing either way."""
+    provisioned = ctx.scenario.provision is None or ctx.passed("provision")
+    return ctx.scenario.tests is not None and ctx.passed("up") and provisioned
+
+
+# Each step's condition says what it needs from the steps before it; a step whose condition does
+# not hold is reported as skipped.
 SEQUENCE: tuple[Step, ...] = (
     Step("up", "harness.nodes", ProviderError, lambda ctx: True, _up),
-    Step("provision", "harness.phases", ProvisionError, lambda ctx: ctx.scenario.provision is not None, _provision),
+    Step("provision", "harness.phases", ProvisionError, _wants_provision, _provision),
     Step("idempotence", "harness.phases", IdempotenceError, _wants_idempotence, _idempotence),
-    Step(
-        "verify",
-        "harness.phases",
-        VerifyError,
-        lambda ctx: ctx.scenario.tests is not None and (ctx.scenario.provision is None or ctx.passed("provision")),
-        _verify,
-    ),
+    Step("verify", "harness.phases", VerifyError, _wants_verify, _verify),
     Step("destroy", "harness.nodes", DestroyError, lambda ctx: not ctx.keep, _destroy),
 )
 PHASES = tuple(step.name for step in SEQUENCE)
@@ -162,7 +170,9 @@ _BY_NAME = {step.name: step for step in SEQUENCE}
 
 
 def check_playbook(scenario: Scenario, on_progress: ProgressFn = _noop) -> None:
-    """The playbook's roles and modules resolve (syntax check), before any VM boots; SpecError if not."""
+    """The playbook's roles and modules resolve (syntax check), before any VM boots; SpecError if not.
+    A Kubernetes scenario's k3s bundle is there (HostError) and intact (SpecError) as well."""
+    k8s_bundle.preflight(scenario)
     if scenario.provision is None:
         return
     check = playbook.syntax_check(scenario)
@@ -173,14 +183,13 @@ def check_playbook(scenario: Scenario, on_progress: ProgressFn = _noop) -> None:
 
 
 def execute(steps: tuple[Step, ...], ctx: RunContext) -> report.RunReport:
-    """Run the steps in order. A step runs only while every earlier one passed or was skipped; the
+    """Run the steps in order, each when its condition holds (else it is reported as skipped); the
     last step (teardown) runs in `finally` whenever a run exists, even after Ctrl-C."""
     rep = report.RunReport(ctx.scenario.name, "", order=tuple(s.name for s in steps))
     *main, last = steps
     try:
         for step in main:
-            failed = any(r.status in ("failed", "unreachable") for r in ctx.results.values())
-            result = step.work(ctx) if not failed and step.applies(ctx) else report.PhaseResult(step.name, "skipped")
+            result = step.work(ctx) if step.applies(ctx) else report.PhaseResult(step.name, "skipped")
             ctx.results[step.name] = result
             rep.record(result)
             if ctx.run is not None:

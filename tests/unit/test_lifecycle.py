@@ -12,10 +12,12 @@ from harness.errors import DestroyError, IdempotenceError, Interrupted, Provider
 from harness.rundir import RunState
 from harness.spec import parse_scenario
 
-SCENARIO = "name: t\nnodes:\n  - name: a\n"
+SCENARIO = "name: t\nnodes:\n  - name: a\nprovision:\n  playbook: site.yml\ntests: tests\n"
 
 
 def _ctx(tmp_path: Path, **kw: Any) -> lifecycle.RunContext:
+    (tmp_path / "site.yml").write_text("- hosts: all\n  tasks: []\n")
+    (tmp_path / "tests").mkdir(exist_ok=True)
     return lifecycle.RunContext(parse_scenario(SCENARIO, tmp_path / "s.yml"), **kw)
 
 
@@ -35,7 +37,7 @@ def _steps(outcomes: dict[str, str], ran: list[str], interrupt: str | None = Non
 
         return do
 
-    return tuple(lifecycle.Step(s.name, s.owner, s.error, lambda ctx: True, work(s.name)) for s in lifecycle.SEQUENCE)
+    return tuple(lifecycle.Step(s.name, s.owner, s.error, s.applies, work(s.name)) for s in lifecycle.SEQUENCE)
 
 
 def test_the_sequence_is_one_list_in_lifecycle_order() -> None:
@@ -46,19 +48,27 @@ def test_the_sequence_is_one_list_in_lifecycle_order() -> None:
 
 
 @pytest.mark.parametrize(
-    ("failing", "exit_code"), [("up", 10), ("provision", 11), ("idempotence", 12), ("verify", 13), ("destroy", 14)]
+    ("failing", "exit_code", "ran_after"),
+    [
+        ("up", 10, ["destroy"]),
+        ("provision", 11, ["destroy"]),
+        # A cluster that converged but not idempotently is still verified: worth knowing either way.
+        ("idempotence", 12, ["verify", "destroy"]),
+        ("verify", 13, ["destroy"]),
+        ("destroy", 14, []),
+    ],
 )
-def test_a_failing_step_gives_its_exit_code_later_steps_skip_teardown_runs(
-    tmp_path: Path, failing: str, exit_code: int
+def test_a_failing_step_gives_its_exit_code_dependent_steps_skip_teardown_runs(
+    tmp_path: Path, failing: str, exit_code: int, ran_after: list[str]
 ) -> None:
     ran: list[str] = []
     rep = lifecycle.execute(_steps({failing: "failed"}, ran), _ctx(tmp_path))
     names = list(lifecycle.PHASES)
-    assert ran == [*names[: names.index(failing) + 1], *(["destroy"] if failing != "destroy" else [])]
+    assert ran == [*names[: names.index(failing) + 1], *ran_after]
     statuses = {p.name: p.status for p in rep.all_phases()}
     assert statuses[failing] == "failed"
     for later in names[names.index(failing) + 1 : -1]:
-        assert statuses[later] == "skipped"
+        assert statuses[later] == ("passed" if later in ran_after else "skipped")
     err = lifecycle.first_failure(rep)
     assert err is not None and err.exit_code == exit_code and f"{failing} went wrong" in str(err)
 
