@@ -9,6 +9,11 @@ cd "$(dirname "$0")/.."
 # Roles and playbooks, production profile (.ansible-lint). Offline: no version check, no schema
 # refresh, no Galaxy installs. The venv's bin on PATH lets it find ansible-playbook and ansible-config.
 PATH="$PWD/.venv/bin:$PATH" .venv/bin/ansible-lint --offline roles scenarios/*/site.yml
+# The nightly CI templates, against the GitHub Actions and GitLab CI schemas vendored in
+# check-jsonschema (built-in schemas are never downloaded: this works without a network).
+.venv/bin/check-jsonschema --builtin-schema vendor.github-workflows ci/github/nightly.yml
+.venv/bin/check-jsonschema --builtin-schema custom.github-workflows-require-timeout ci/github/nightly.yml
+.venv/bin/check-jsonschema --builtin-schema vendor.gitlab-ci --data-transform gitlab-ci ci/gitlab/nightly.yml
 # The harness from a wheel, outside this checkout; the roles as the harness.cluster collection.
 ./ci/wheel-check.sh
 exec .venv/bin/python -m pytest tests "$@"

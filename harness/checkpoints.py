@@ -10,14 +10,12 @@ shared SSH connections closed, every node answering.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, unescape
 
@@ -175,17 +173,3 @@ def reset(run: RunState, name: str, on_progress: Callable[[str], None] | None = 
 
     _parallel(clock, run.nodes)
     return ResetResult(cp, time.monotonic() - started, skew)
-
-
-def content_digest(paths: Iterable[Path], extra: object = None) -> str:
-    """A digest of every file under `paths` (playbook directory, role directories) and `extra`
-    (vars), to tell whether a converged checkpoint is of the content being rehearsed."""
-    h = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
-    for base in paths:
-        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else []
-        for f in files:
-            if "__pycache__" in f.parts:
-                continue
-            h.update(str(f).encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]

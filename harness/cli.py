@@ -61,12 +61,12 @@ class HarnessGroup(click.Group):
         try:
             return super().invoke(ctx)
         except SpecError as exc:
-            err.print(f"[bold red]error:[/] {exc.source}:", highlight=False, markup=True)
+            err.print(f"[bold red]error:[/] {escape(exc.source)}:", highlight=False, markup=True)
             for p in exc.problems:
                 err.print(f"  - {p}", highlight=False, markup=False)
             ctx.exit(exc.exit_code)
         except Interrupted as exc:
-            err.print(f"[yellow]{exc}[/]", highlight=False)
+            err.print(f"[yellow]{escape(str(exc))}[/]", highlight=False)
             ctx.exit(exc.exit_code)
         except HarnessError as exc:
             err.print("[bold red]error:[/] ", end="", highlight=False)

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from harness import box, capabilities, host
+from harness import box, cache, capabilities, host
 from harness.errors import HarnessError
 from harness.paths import scenario_search_dirs
 from harness.spec import load_scenario
@@ -49,7 +49,8 @@ def host_group() -> None:
 
 @host_group.command("setup")
 def host_setup() -> None:
-    """Install host packages (apt), start virtlogd/libvirtd, make the storage pool. Idempotent."""
+    """Install host packages (apt), start virtlogd/libvirtd, make the storage pool, start the package
+    cache (apt-cacher-ng, guarded by nftables). Idempotent."""
     from harness.provider import libvirt as lv
 
     missing = host.missing_packages()
@@ -64,6 +65,7 @@ def host_setup() -> None:
     started = host.start_daemons()
     err.print(f"daemons: {'started ' + ', '.join(started) if started else 'already running'}")
     err.print(f"storage pool {lv.POOL!r}: {'created/started' if host.ensure_pool() else 'ok'}")
+    err.print(f"package cache: {cache.ensure_running()}")
     accel = host.host_accelerator()
     err.print(f"VMs will run under: {accel.reason}")
 

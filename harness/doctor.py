@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness import capabilities, host, tools
+from harness import cache, capabilities, host, nodes, tools
 from harness.host import Check, DoctorReport
 from harness.spec import Scenario
 
@@ -49,16 +49,7 @@ def run_doctor(scenario: Scenario | None = None) -> DoctorReport:
             "" if avail >= need else "free memory or shrink the scenario's nodes",
         )
     )
-    disk_need = 3.0 * (len(scenario.expanded_nodes()) if scenario else 3)
-    free = host.disk_free_gib(host.POOL_PATH)
-    checks.append(
-        Check(
-            "disk",
-            free >= disk_need,
-            f"{free:.1f} GiB free in {host.POOL_PATH}, ~{disk_need:.0f} GiB wanted",
-            "" if free >= disk_need else "free disk space in the libvirt pool",
-        )
-    )
+    checks.append(disk_check(scenario, *nodes.pool_free_gib()))
     groups = host.iommu_groups()
     checks.append(
         Check(
@@ -83,8 +74,29 @@ def run_doctor(scenario: Scenario | None = None) -> DoctorReport:
     )
     accel = host.host_accelerator()
     report.accelerator = accel.reason
+    _cache_check(checks)
     _passthrough_checks(checks)
     return report
+
+
+def _cache_check(checks: list[Check]) -> None:
+    """The package cache: a run's nodes have no other way to packages (harness/cache.py)."""
+    st = cache.status()
+    hint = "" if st.ok else "run `harness host setup` (it starts apt-cacher-ng behind its nftables table)"
+    checks.append(Check("package cache", st.ok, st.describe(), hint))
+
+
+def disk_check(scenario: Scenario | None, free_gib: float, pool_path: str) -> Check:
+    """The storage pool's free space against what the scenario (or 3 default nodes) fills, by the
+    rule `harness up` refuses a scenario with (nodes.DISK_RULE)."""
+    from harness.provider import libvirt as lv
+
+    sc = scenario or Scenario.model_validate({"name": "default", "nodes": [{"name": "node", "count": 3}]})
+    need = nodes.disk_need_gib(sc.expanded_nodes())
+    what = f"scenario {sc.name}" if scenario else "a 3-node cluster of default nodes"
+    ok = free_gib >= need
+    detail = f"{free_gib:.1f} GiB free in pool {lv.POOL} ({pool_path}), ~{need:.0f} GiB needed for {what}"
+    return Check("disk", ok, detail, "" if ok else f"free space or lower nodes[*].disk ({nodes.DISK_RULE})")
 
 
 def _passthrough_checks(checks: list[Check]) -> None:

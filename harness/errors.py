@@ -76,6 +76,12 @@ class UnreachableError(HarnessError):
     exit_code = 15
 
 
+class PromotionRefused(HarnessError):
+    """`harness promote` found no green rehearsal of exactly the content it would apply."""
+
+    exit_code = 16
+
+
 class Interrupted(HarnessError):
     """The user interrupted (Ctrl-C) or the process got SIGTERM."""
 

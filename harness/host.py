@@ -42,6 +42,7 @@ APT_PACKAGES = (
     "nftables",
     "iptables",
     "rsync",
+    "apt-cacher-ng",  # the package cache of air-gapped runs (harness/cache.py)
 )
 # Where `ensure_pool` puts libvirt's storage pool (lv.POOL) when the host has none.
 POOL_PATH = "/var/lib/libvirt/images"

@@ -8,6 +8,7 @@ both read it unchanged.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -18,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from harness import ssh
+from harness import proc, ssh, tools
 from harness.errors import ProviderError, SpecError
-from harness.spec import BUILTIN_GROUPS, Node
+from harness.spec import BUILTIN_GROUPS, Node, load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +183,11 @@ def write_inventory(inv: Mapping[str, Any], path: Path) -> Path:
 def load_inventory(path: Path) -> dict[str, Any]:
     """Read an inventory written by write_inventory (or any YAML inventory with an `all` group)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise SpecError(str(path), [f"cannot read: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(path), [f"not a YAML text file: byte {exc.start} is not UTF-8 ({exc.reason})"]) from exc
     except yaml.YAMLError as exc:
         raise SpecError(str(path), [f"not valid YAML: {exc}"]) from exc
     if not isinstance(data, dict) or not isinstance(data.get("all"), dict):
@@ -233,3 +236,37 @@ def hosts_in_group(inv: Mapping[str, Any], group: str) -> list[str]:
     if node is None:
         return []
     return list(dict.fromkeys(_hosts_under(node)))
+
+
+def _group_tree(listed: Mapping[str, Any], name: str, seen: frozenset[str] = frozenset()) -> dict[str, Any]:
+    group = listed.get(name) or {}
+    node: dict[str, Any] = {"hosts": {h: {} for h in group.get("hosts") or []}}
+    children = [c for c in group.get("children") or [] if c not in seen and c in listed]
+    if children:
+        node["children"] = {c: _group_tree(listed, c, seen | {name}) for c in children}
+    return node
+
+
+def resolve_inventory(path: Path, limit: str | None = None) -> dict[str, Any]:
+    """Any inventory Ansible reads (YAML, INI, a directory with group_vars/ and host_vars/) as
+    Ansible resolves it (`ansible-inventory --list`, only the hosts `limit` selects when given), in
+    write_inventory's shape: every host under `all.hosts` with its merged variables (group vars
+    included; Jinja2 in them left as written), the groups under `all.children`. SpecError when
+    Ansible reads no host from it."""
+    argv = [tools.find("ansible-inventory"), "-i", str(path), "--list"] + (["--limit", limit] if limit else [])
+    result = proc.run(argv, env={"ANSIBLE_VERBOSITY": "0", "ANSIBLE_NOCOLOR": "1"}, timeout=300)
+    try:
+        listed = json.loads(result.stdout) if result.ok else None
+    except ValueError:
+        listed = None
+    if not isinstance(listed, dict):
+        raise SpecError(str(path), [f"ansible-inventory cannot read it: {result.describe()}"])
+    hostvars = (listed.get("_meta") or {}).get("hostvars") or {}
+    tree = _group_tree(listed, "all")
+    children = {g: t for g, t in (tree.get("children") or {}).items() if g != "ungrouped"}
+    hosts = list(dict.fromkeys([*_hosts_under(tree), *hostvars]))
+    if not hosts:
+        why = f"no host matches --limit {limit!r}" if limit else "Ansible reads no host from it (see the warnings)"
+        warnings = [line for line in result.stderr.splitlines() if "WARNING" in line][:5]
+        raise SpecError(str(path), [why, *warnings])
+    return {"all": {"hosts": {h: dict(hostvars.get(h) or {}) for h in hosts}, "children": children}}

@@ -13,6 +13,9 @@ from harness import proc
 from harness.errors import HostError
 from harness.paths import state_dir
 
+# Chosen subnets come from here; a run's management subnet always does (only the private one may
+# be given by the scenario). The package cache's firewall admits clients from this pool on libvirt
+# bridges (harness/cache.py), so the nodes reach the cache at their management gateway.
 DEFAULT_POOL = ipaddress.IPv4Network("10.213.0.0/16")
 
 

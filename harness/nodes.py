@@ -11,18 +11,20 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Callable
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
 
-from harness import box, checkpoints, gpus, host, network, passthrough, phases, proc, rundir, ssh
+from harness import box, cache, checkpoints, gpus, host, k8s_bundle, network, passthrough, phases, proc, rundir, ssh
 from harness.errors import DestroyError, HarnessError, HostError, Interrupted, ProviderError
 from harness.provider import libvirt as lv
 from harness.render import build_view, private_ips, render_vagrantfile
 from harness.rundir import RunState
-from harness.spec import Scenario
+from harness.spec import Node, Scenario
 from harness.vagrant import VagrantEnvironment, kill_descendants
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,51 @@ def check_resources(scenario: Scenario) -> None:
         raise HostError(
             f"scenario {scenario.name!r} needs {need} MiB for its VMs plus {HOST_RESERVE_MIB} MiB for the host, "
             f"but only {avail} MiB is available: lower nodes[*].memory or free memory."
+        )
+
+
+# The disk rule. A node's disk is a qcow2 overlay on the box image, near empty at first, growing
+# with what the guest writes up to nodes[].disk: a converged node a GiB or two (more with a larger
+# disk asked for data), and each checkpoint (booted, converged; none with GPUs passed through) up
+# to the node's memory. Need per node: a quarter of its disk, at least NODE_DISK_FLOOR_GIB, plus its
+# memory per checkpoint; plus the box image once (vagrant-libvirt uploads it to the pool).
+NODE_DISK_FLOOR_GIB = 2.0
+BOX_IMAGE_GIB = 1.0
+DISK_RULE = (
+    f"per node: a quarter of its disk, at least {NODE_DISK_FLOOR_GIB:.0f} GiB, plus its memory for each of its "
+    f"2 checkpoints; plus {BOX_IMAGE_GIB:.0f} GiB for the box image"
+)
+
+
+def disk_need_gib(nodes: Sequence[Node]) -> float:
+    """What a converged cluster of these nodes fills in the storage pool (DISK_RULE)."""
+    kept = 0 if any(n.gpus for n in nodes) else 2  # checkpoints booted and converged
+    return BOX_IMAGE_GIB + sum(max(NODE_DISK_FLOOR_GIB, n.disk / 4) + kept * n.memory / 1024 for n in nodes)
+
+
+def pool_free_gib() -> tuple[float, str]:
+    """Free GiB in libvirt's storage pool, and its directory. The smaller of libvirt's figure (after
+    a refresh) and statvfs's for unprivileged writers: libvirt counts the filesystem's reserved
+    blocks, which QEMU may not write. Only statvfs of host.POOL_PATH when libvirt cannot say."""
+    path, free = host.POOL_PATH, float("inf")
+    try:
+        with lv.connect() as conn:
+            pool = conn.storagePoolLookupByName(lv.POOL)
+            pool.refresh(0)
+            free = pool.info()[3] / 1024**3
+            path = ET.fromstring(pool.XMLDesc(0)).findtext("target/path") or path
+    except (ProviderError, libvirt.libvirtError) as exc:
+        log.info("storage pool %s: %s; taking the free space of %s", lv.POOL, exc, path)
+    return min(free, host.disk_free_gib(path)), path
+
+
+def check_disk(scenario: Scenario, free_gib: float, pool_path: str) -> None:
+    """HostError (exit 3) unless the converged cluster fits the pool's free space (DISK_RULE)."""
+    need = disk_need_gib(scenario.expanded_nodes())
+    if need > free_gib:
+        raise HostError(
+            f"scenario {scenario.name} needs ~{need:.0f} GiB in pool {lv.POOL} ({pool_path}), {free_gib:.1f} GiB "
+            f"free: free space or lower nodes[*].disk ({DISK_RULE})."
         )
 
 
@@ -89,7 +136,9 @@ def plan_run(
     with network.network_lock(), lv.connect() as conn:
         used = lv.libvirt_networks(conn) + network.host_networks()
         private, mgmt = network.choose_subnets(2, used, wanted=[scenario.network.subnet])
-        lv.create_network(conn, f"{run.prefix}-mgmt", mgmt, nat=True)
+        # Air-gapped: no NAT, so the nodes reach the host and nothing beyond; DHCP stays, since
+        # vagrant-libvirt finds the VMs by their leases. apt goes through the host's package cache.
+        lv.create_network(conn, f"{run.prefix}-mgmt", mgmt, nat=False, dhcp=True)
         lv.create_network(conn, f"{run.prefix}-priv", private, nat=False)
     run.mgmt_subnet, run.private_subnet = str(mgmt), str(private)
     run.private_ips = private_ips(private, scenario.expanded_nodes())
@@ -153,10 +202,32 @@ def install_cluster_key(run: RunState) -> None:
     vagrant_cfg.unlink()
 
 
+def point_apt_at_cache(run: RunState) -> None:
+    """Send apt on every node through the host's package cache (cache.APT_PROXY_CONF): the nodes
+    have no route beyond the host. Roles need not know: on real hosts the file is simply absent."""
+    conf = cache.apt_proxy_conf(cache.proxy_url(run.mgmt_subnet))
+
+    def write(node: str) -> proc.CommandResult:
+        return proc.run(
+            ["ssh", "-F", str(run.ssh_config), node, f"sudo tee {cache.APT_PROXY_CONF} >/dev/null"],
+            input_text=conf,
+            timeout=120,
+        )
+
+    with ThreadPoolExecutor(max_workers=max(1, len(run.nodes))) as pool:
+        results = dict(zip(run.nodes, pool.map(write, run.nodes), strict=True))
+    failed = [f"{node}: {res.describe()}" for node, res in results.items() if not res.ok]
+    if failed:
+        raise ProviderError(f"cannot write {cache.APT_PROXY_CONF} on every node: " + "; ".join(failed))
+
+
 def up(scenario: Scenario, on_progress: ProgressFn = _noop) -> RunState:
     """Bring a scenario's cluster up. On any failure or interrupt, remove everything it made."""
+    k8s_bundle.preflight(scenario)
     box_version = check_box(scenario)
     check_resources(scenario)
+    check_disk(scenario, *pool_free_gib())
+    cache.require_running()
     accel = host.host_accelerator()
     on_progress("up", f"accelerator: {accel.reason}")
     run_id = rundir.new_run_id(scenario)
@@ -173,6 +244,8 @@ def up(scenario: Scenario, on_progress: ProgressFn = _noop) -> RunState:
         VagrantEnvironment(run.path, run.log_dir / "vagrant.log").up(on_progress)
         on_progress("up", "installing the cluster SSH key")
         install_cluster_key(run)
+        point_apt_at_cache(run)
+        on_progress("up", f"apt on the nodes goes through the package cache at {cache.proxy_url(run.mgmt_subnet)}")
         phases.write_inventory(run, scenario, hostdevs)
         if not hostdevs:  # passed-through GPUs cannot save memory state: no checkpoint for them
             started = time.monotonic()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
 
-from harness import checkpoints, inventory, playbook, provision, reach, verify
+from harness import checkpoints, inventory, k8s_bundle, playbook, provision, reach, rehearsal, verify
 from harness.errors import SpecError, UsageError
 from harness.report import Failure, PhaseResult, Status
 from harness.rundir import RunState
@@ -59,7 +59,7 @@ def _options(run: RunState, scenario: Scenario, phase: str) -> provision.Provisi
         inventory=inventory_path(run),
         roles_path=playbook.roles_path(scenario),
         collections_path=playbook.collections_path(scenario),
-        extra_vars=dict(scenario.provision.extra_vars),
+        extra_vars={**k8s_bundle.extra_vars(scenario), **scenario.provision.extra_vars},
         ident=provision.new_ident(phase),
         ssh_config=run.ssh_config,
         strategy=_strategy(scenario),
@@ -208,7 +208,7 @@ def _retried(detail: str, conv: Converge) -> str:
 def _checkpoint_converged(run: RunState, scenario: Scenario, on_progress: ProgressFn) -> None:
     """A green converge is saved as checkpoint `converged`, with a digest of what was converged."""
     try:
-        cp = checkpoints.save(run, checkpoints.CONVERGED, playbook.content_digest(scenario))
+        cp = checkpoints.save(run, checkpoints.CONVERGED, rehearsal.content_manifest(scenario).short)
     except UsageError as exc:  # nodes with passed-through GPUs
         log.info("no converged checkpoint: %s", exc)
         return

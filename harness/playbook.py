@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from harness import checkpoints, proc, tools
+from harness import proc, tools
 from harness.errors import HostError, SpecError
 from harness.paths import ROLES_DIR, cache_dir
 from harness.spec import Scenario
@@ -61,7 +61,7 @@ def shadowed_roles(playbook: Path, path: list[Path]) -> list[Shadow]:
     return [Shadow(n, ps[0], tuple(ps[1:])) for n, ps in sorted(seen.items()) if len(ps) > 1]
 
 
-def _requirement_sources(requirements: Path) -> list[Path]:
+def requirement_sources(requirements: Path) -> list[Path]:
     """Local paths (directories, tarballs) a requirements file installs from."""
     try:
         data = yaml.safe_load(requirements.read_text(encoding="utf-8"))
@@ -106,7 +106,7 @@ def install_collections(requirements: Path) -> Path:
 
     Cached by the content of the file and of every directory or tarball it names, so a run
     reinstalls only after something changed."""
-    sources = _requirement_sources(requirements)
+    sources = requirement_sources(requirements)
     target = cache_dir() / "collections" / _digest(requirements, sources)
     if (target / "ansible_collections").is_dir():
         return target
@@ -129,17 +129,6 @@ def collections_path(scenario: Scenario) -> Path | None:
     assert scenario.provision is not None
     req = scenario.provision.collections
     return install_collections(scenario.resolve(req)) if req is not None else None
-
-
-def content_digest(scenario: Scenario) -> str:
-    """What a converge of this scenario applies: the playbook's directory, every role directory,
-    the collections requirements and the extra vars."""
-    assert scenario.provision is not None
-    pb = scenario.resolve(scenario.provision.playbook)
-    paths = [pb.parent, *roles_path(scenario)]
-    if scenario.provision.collections is not None:
-        paths.append(scenario.resolve(scenario.provision.collections).parent)
-    return checkpoints.content_digest(paths, scenario.provision.extra_vars)
 
 
 def collections_search_path(collections: Path) -> str:

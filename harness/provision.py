@@ -55,6 +55,10 @@ class ProvisionOptions:
     ssh_config: Path | None = None
     strategy: str = "linear"
     collections_path: Path | None = None
+    # Ansible's check mode with diffs (`--check --diff`): what would change, changing nothing.
+    check: bool = False
+    # Ansible's `--limit`: only the hosts this pattern selects.
+    limit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -403,7 +407,6 @@ def _envvars(opts: ProvisionOptions) -> dict[str, str]:
         # ansible-playbook and the ssh it runs, found without an activated virtualenv.
         "PATH": tools.search_path(),
         "ANSIBLE_ROLES_PATH": ":".join(str(p.resolve()) for p in opts.roles_path),
-        "ANSIBLE_HOST_KEY_CHECKING": "False",
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_NOCOLOR": "True",
         "ANSIBLE_PIPELINING": "True",
@@ -419,6 +422,9 @@ def _envvars(opts: ProvisionOptions) -> dict[str, str]:
         "ANSIBLE_TIMEOUT": "60",
         "ANSIBLE_SSH_RETRIES": "3",
     }
+    if opts.ssh_config is not None:
+        # The run's throwaway VMs; without a harness ssh_config (real hosts), Ansible checks host keys.
+        env["ANSIBLE_HOST_KEY_CHECKING"] = "False"
     if opts.collections_path is not None:
         env["ANSIBLE_COLLECTIONS_PATH"] = playbook.collections_search_path(opts.collections_path)
     if opts.strategy.startswith("mitogen"):
@@ -442,7 +448,7 @@ def run_playbook(opts: ProvisionOptions, on_progress: Callable[[Progress], None]
     private.mkdir(parents=True, exist_ok=True)
     # ansible-runner writes env/* once and keeps stale copies; rewrite them so each run gets its
     # own values and the extra vars never land on the command line (artifacts/<ident>/command).
-    for name in ("envvars", "extravars", "settings"):
+    for name in ("envvars", "extravars", "settings", "cmdline"):
         (private / "env" / name).unlink(missing_ok=True)
     log_path = artifact_dir / "stdout"
     secrets = secret_values(opts.extra_vars)
@@ -476,6 +482,8 @@ def run_playbook(opts: ProvisionOptions, on_progress: Callable[[Progress], None]
             ident=opts.ident,
             extravars=dict(opts.extra_vars),
             envvars=_envvars(opts),
+            cmdline="--check --diff" if opts.check else None,
+            limit=opts.limit,
             event_handler=handle,
             quiet=True,
             settings={"suppress_ansible_output": True},
@@ -485,6 +493,9 @@ def run_playbook(opts: ProvisionOptions, on_progress: Callable[[Progress], None]
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+        # The extra vars (secrets too) as ansible-playbook read them at its start: gone with the
+        # run, so the run directory (logs, artifacts, reports) holds no secret afterwards.
+        (private / "env" / "extravars").unlink(missing_ok=True)
     if runner.status == "canceled":
         raise Interrupted(f"provisioning was interrupted; partial log: {log_path}")
     result = result_from_events(events, runner.rc if runner.rc is not None else -1, runner.status, log_path, secrets)

@@ -4,6 +4,11 @@ Gives scenario tests a `cluster` fixture for cluster-level checks next to testin
 nodes by group, running a command on a node, reading a file from a node; and `journal`, a unit's
 journal for a failure message. It reads the run's inventory and ssh_config from HARNESS_INVENTORY
 and HARNESS_SSH_CONFIG, which `harness verify` sets; the same inventory drives Ansible.
+
+Without HARNESS_SSH_CONFIG (`harness promote`, real hosts) the inventory is read as Ansible resolves
+it (any format, group vars merged) and nodes are reached with its own connection settings:
+ansible_host, ansible_port, ansible_user, ansible_ssh_private_key_file, ansible_ssh_common_args and
+ansible_ssh_extra_args; testinfra's `host` then comes from its `ansible://` backend.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import pytest
 import testinfra
 
 from harness import proc, reach, ssh
-from harness.inventory import hosts_in_group, known_groups, load_inventory
+from harness.inventory import hosts_in_group, known_groups, load_inventory, resolve_inventory
 
 JOURNAL_LINES = 50
 
@@ -27,8 +32,9 @@ JOURNAL_LINES = 50
 class Cluster:
     """The live cluster as scenario tests see it."""
 
-    def __init__(self, inventory_path: Path, ssh_config: Path) -> None:
-        self.inventory: dict[str, Any] = load_inventory(inventory_path)
+    def __init__(self, inventory_path: Path, ssh_config: Path | None) -> None:
+        self.inventory: dict[str, Any] = _read_inventory(inventory_path, ssh_config)
+        self.inventory_path = inventory_path
         self.ssh_config = ssh_config
         self.hostvars: dict[str, dict[str, Any]] = self.inventory["all"]["hosts"]
         self.nodes: list[str] = list(self.hostvars)
@@ -53,8 +59,23 @@ class Cluster:
         self._known(node)
         if args:
             command %= tuple(map(shlex.quote, args))
-        argv = ["ssh", "-F", str(self.ssh_config), *ssh.args(ssh.TESTS_CONNECTION), node, command]
-        return proc.run(argv, timeout=timeout)
+        return proc.run([*self.ssh_argv(node), command], timeout=timeout)
+
+    def ssh_argv(self, node: str) -> list[str]:
+        """ssh to node: through the run's ssh_config, or else with the inventory's connection vars
+        (theirs first: the first value of an ssh option wins)."""
+        if self.ssh_config is not None:
+            return ["ssh", "-F", str(self.ssh_config), *ssh.args(ssh.TESTS_CONNECTION), node]
+        hv = self.vars(node)
+        argv = ["ssh"]
+        for key in ("ansible_ssh_common_args", "ansible_ssh_extra_args"):
+            argv += shlex.split(str(hv.get(key) or ""))
+        port, user = hv.get("ansible_port"), hv.get("ansible_user") or hv.get("ansible_ssh_user")
+        key_file = hv.get("ansible_ssh_private_key_file") or hv.get("ansible_private_key_file")
+        argv += ["-p", str(port)] if port else []
+        argv += ["-l", str(user)] if user else []
+        argv += ["-i", os.path.expanduser(str(key_file))] if key_file else []
+        return [*argv, *ssh.args(ssh.TESTS_CONNECTION), str(hv.get("ansible_host") or node)]
 
     def check(self, node: str, command: str, *args: str, timeout: float = 300) -> str:
         """Like run, but fails the test (with the command's output) unless it exits 0."""
@@ -70,11 +91,19 @@ class Cluster:
     def host(self, node: str) -> Any:
         """testinfra's `host` for any node, in a cluster-level test: `journal(cluster.host(node), unit)`."""
         self._known(node)
+        if self.ssh_config is None:
+            return testinfra.get_host(f"ansible://{node}", ansible_inventory=str(self.inventory_path))
         return testinfra.get_host(f"ssh://{node}", ssh_config=str(self.ssh_config))
 
     def _known(self, node: str) -> None:
         if node not in self.hostvars:
             raise KeyError(f"no node {node!r}; nodes: {', '.join(self.nodes)}")
+
+
+def _read_inventory(path: Path, ssh_config: Path | None) -> dict[str, Any]:
+    """The run's own inventory as written; without the run's ssh_config (real hosts) any inventory,
+    as Ansible resolves it."""
+    return load_inventory(path) if ssh_config is not None else resolve_inventory(path)
 
 
 GROUPS_MARKER = "groups"
@@ -101,7 +130,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     inv = os.environ.get("HARNESS_INVENTORY")
     if not inv:
         raise pytest.UsageError("@pytest.mark.groups needs HARNESS_INVENTORY: run the tests through `harness verify`")
-    inventory = load_inventory(Path(inv))
+    cfg = os.environ.get("HARNESS_SSH_CONFIG")
+    inventory = _read_inventory(Path(inv), Path(cfg) if cfg else None)
     defined = ["all", *known_groups(inventory)]
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
@@ -166,9 +196,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def cluster() -> Cluster:
     inv = os.environ.get("HARNESS_INVENTORY")
     cfg = os.environ.get("HARNESS_SSH_CONFIG")
-    if not inv or not cfg:
-        pytest.fail("the cluster fixture needs HARNESS_INVENTORY and HARNESS_SSH_CONFIG: run through `harness verify`")
-    return Cluster(Path(inv), Path(cfg))
+    if not inv:
+        pytest.fail(
+            "the cluster fixture needs HARNESS_INVENTORY (and HARNESS_SSH_CONFIG for a harness run): "
+            "run through `harness verify` or `harness promote`"
+        )
+    return Cluster(Path(inv), Path(cfg) if cfg else None)
 
 
 @pytest.fixture

@@ -131,6 +131,13 @@ class ProvisionSpec(_Model):
         return [v] if isinstance(v, str) else v
 
 
+class KubernetesSpec(_Model):
+    """`kubernetes:`: the scenario installs k3s from an air-gap bundle (harness.k8s_bundle checks it
+    before anything boots). Without `bundle`, the directory in HARNESS_K3S_BUNDLE."""
+
+    bundle: Path | None = None
+
+
 class Node(_Model):
     """A single machine after `count` expansion: what the renderer and inventory work from."""
 
@@ -153,6 +160,7 @@ class Scenario(_Model):
     network: NetworkSpec = NetworkSpec()
     provision: ProvisionSpec | None = None
     tests: Path | None = None
+    kubernetes: KubernetesSpec | None = None
     groups: dict[str, list[str]] = Field(default_factory=dict, description="extra inventory groups: name → nodes")
     synced_folders: bool = False
     source: Path = Path("scenario.yml")
@@ -241,28 +249,99 @@ def _semantic_problems(sc: Scenario) -> list[str]:
             f"network.subnet: {sc.network.subnet} has room for "
             f"{sc.network.subnet.num_addresses - 3} nodes, not {expanded}"
         )
+    # (key, path, a file (or a directory), what a missing one is called)
+    paths: list[tuple[str, Path | None, bool, str]] = []
     if sc.provision is not None:
-        pb = sc.resolve(sc.provision.playbook)
-        if not pb.is_file():
-            problems.append(f"provision.playbook: {pb} does not exist")
+        paths.append(("provision.playbook", sc.provision.playbook, True, "does not exist"))
         for k, rp in enumerate(sc.provision.roles_path):
-            if not sc.resolve(rp).is_dir():
-                problems.append(f"provision.roles_path[{k}]: {sc.resolve(rp)} is not a directory")
-        if sc.provision.collections is not None and not sc.resolve(sc.provision.collections).is_file():
-            problems.append(f"provision.collections: {sc.resolve(sc.provision.collections)} is not a file")
-    if sc.tests is not None and not sc.resolve(sc.tests).is_dir():
-        problems.append(f"tests: {sc.resolve(sc.tests)} is not a directory")
+            paths.append((f"provision.roles_path[{k}]", rp, False, "is not a directory"))
+        paths.append(("provision.collections", sc.provision.collections, True, "is not a file"))
+    paths.append(("tests", sc.tests, False, "is not a directory"))
+    for key, path, file, missing in paths:
+        why = _path_problem(sc, key, path, file=file, missing=missing) if path is not None else None
+        if why:
+            problems.append(why)
     return problems
+
+
+def _shown(path: Path, limit: int = 80) -> str:
+    """A path for a message: long ones cut in the middle, with their length."""
+    text = str(path) if str(path).isprintable() else repr(str(path))[1:-1]
+    return text if len(text) <= limit else f"{text[:40]}...{text[-30:]} ({len(text)} characters)"
+
+
+def _path_problem(sc: Scenario, key: str, path: Path, *, file: bool, missing: str) -> str | None:
+    """Why a scenario path is not an existing file (or directory), or None. A path the system cannot
+    look up (too long, a NUL byte, a symlink loop) is a problem of its key, never a crash."""
+    try:
+        full = sc.resolve(path)
+        found = full.is_file() if file else full.is_dir()
+    except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return f"{key}: cannot look up {_shown(path)}: {why}"
+    return None if found else f"{key}: {_shown(full, 240)} {missing}"
+
+
+# YAML nesting deeper than this is refused (deeper still would exhaust Python's recursion limit).
+MAX_DEPTH = 64
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses nesting deeper than MAX_DEPTH and whose unreadable values are
+    YAML errors with their line: a date like 2024-13-01, an integer of 5000 digits, a string that
+    is no valid Unicode (a lone surrogate, "\\ud800" in YAML)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep", self.get_mark())
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            value = super().construct_object(node, deep)
+            if isinstance(value, str):
+                value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            why = f"not valid Unicode text (a lone surrogate, {exc.object[exc.start : exc.end]!a})"
+            raise yaml.constructor.ConstructorError(None, None, why, node.start_mark) from exc
+        except (ValueError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value ({exc})", node.start_mark
+            ) from exc
+        return value
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text as data (safe types only). Raises yaml.YAMLError (with its line where known) for
+    bad syntax, an unreadable value or nesting deeper than MAX_DEPTH; never another exception."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def parse_scenario(text: str, source: Path) -> Scenario:
     """Parse and validate scenario text. Raises SpecError listing every problem."""
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         raise SpecError(str(source), [f"YAML syntax error at {where}: {exc.problem}"]) from exc
+    except yaml.reader.ReaderError as exc:  # a character YAML refuses (NUL, most control characters)
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        what = f"character #x{exc.character:04x}" if isinstance(exc.character, int) else "character"
+        raise SpecError(
+            str(source), [f"YAML syntax error at line {line}, column {column}: {what}: {exc.reason}"]
+        ) from exc
     except yaml.YAMLError as exc:
         raise SpecError(str(source), [f"YAML syntax error: {exc}"]) from exc
     if not isinstance(data, dict):
@@ -286,8 +365,11 @@ def find_scenario(ref: str, search_dirs: list[Path]) -> Path:
     for d in search_dirs:
         candidates += [d / ref / "scenario.yml", d / ref / "scenario.yaml", d / f"{ref}.yml", d / f"{ref}.yaml"]
     for c in candidates:
-        if c.is_file():
-            return c
+        try:
+            if c.is_file():
+                return c
+        except OSError:  # a name the system refuses (too long): no such file
+            continue
     names = sorted({q.parent.name for d in search_dirs if d.is_dir() for q in d.glob("*/scenario.y*ml")})
     raise SpecError(ref, [f"no such scenario file or name; known names: {', '.join(names) or '(none)'}"])
 
@@ -298,4 +380,6 @@ def load_scenario(ref: str, search_dirs: list[Path]) -> Scenario:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(str(path), [f"cannot read: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(path), [f"not a YAML text file: byte {exc.start} is not UTF-8 ({exc.reason})"]) from exc
     return parse_scenario(text, path)

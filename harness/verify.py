@@ -29,7 +29,21 @@ class VerifyResult:
         return self.rc == 0
 
 
-def pytest_argv(tests_dir: Path, nodes: list[str], ssh_config: Path, junit: Path, select: str | None) -> list[str]:
+def pytest_argv(
+    tests_dir: Path,
+    nodes: list[str],
+    ssh_config: Path | None,
+    junit: Path,
+    select: str | None,
+    inventory: Path | None = None,
+) -> list[str]:
+    """pytest over plain SSH with the run's ssh_config; without one (real hosts, `harness promote`),
+    over testinfra's `ansible://` backend, which connects as the inventory says."""
+    if ssh_config is not None:
+        hosts = [f"--hosts={','.join('ssh://' + n for n in nodes)}", f"--ssh-config={ssh_config}"]
+    else:
+        assert inventory is not None, "without an ssh_config the hosts come from the inventory"
+        hosts = [f"--hosts={','.join('ansible://' + n for n in nodes)}", f"--ansible-inventory={inventory}"]
     argv = [
         sys.executable,
         "-m",
@@ -41,8 +55,7 @@ def pytest_argv(tests_dir: Path, nodes: list[str], ssh_config: Path, junit: Path
         "no:cacheprovider",
         "--rootdir",
         str(tests_dir),
-        f"--hosts={','.join('ssh://' + n for n in nodes)}",
-        f"--ssh-config={ssh_config}",
+        *hosts,
         f"--junitxml={junit}",
         "-o",
         "junit_family=xunit2",
@@ -97,7 +110,7 @@ def run_tests(
     *,
     nodes: list[str],
     inventory: Path,
-    ssh_config: Path,
+    ssh_config: Path | None,
     out_dir: Path,
     select: str | None = None,
 ) -> VerifyResult:
@@ -105,12 +118,14 @@ def run_tests(
     junit = out_dir / "verify-junit.xml"
     junit.unlink(missing_ok=True)
     log_path = out_dir / "logs" / "verify.log"
+    # An empty HARNESS_SSH_CONFIG (not one inherited from the caller's shell): the inventory's own settings.
     env = {
         "HARNESS_INVENTORY": str(inventory),
-        "HARNESS_SSH_CONFIG": str(ssh_config),
+        "HARNESS_SSH_CONFIG": "" if ssh_config is None else str(ssh_config),
         "PYTHONDONTWRITEBYTECODE": "1",
     }
-    result = proc.run_logged(pytest_argv(tests_dir, nodes, ssh_config, junit, select), log_path, env=env, cwd=tests_dir)
+    argv = pytest_argv(tests_dir, nodes, ssh_config, junit, select, inventory)
+    result = proc.run_logged(argv, log_path, env=env, cwd=tests_dir)
     if not junit.exists():
         return VerifyResult(
             result.rc,

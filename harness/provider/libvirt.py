@@ -90,18 +90,26 @@ def connect(uri: str = URI) -> Iterator[libvirt.virConnect]:
         conn.close()
 
 
-def network_xml(name: str, subnet: ipaddress.IPv4Network, *, nat: bool) -> str:
+def gateway_address(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+    """The host's own address on a run network (its bridge): the subnet's first host address."""
+    return next(subnet.hosts())
+
+
+def network_xml(name: str, subnet: ipaddress.IPv4Network, *, nat: bool, dhcp: bool | None = None) -> str:
+    """A run network. `nat`: VMs reach beyond the host through NAT. Without it the network is
+    isolated: VMs reach each other and the host's bridge address, nothing else, and libvirt's DHCP
+    hands out no default route. `dhcp` (default: the same as `nat`) serves addresses from the
+    subnet; vagrant-libvirt finds its VMs by their DHCP leases on the management network."""
     hosts = list(subnet.hosts())
-    gateway = hosts[0]
     net = ET.Element("network")
     ET.SubElement(net, "name").text = name
     if nat:
         ET.SubElement(net, "forward", mode="nat")
     ET.SubElement(net, "bridge", stp="on", delay="0")
-    ip = ET.SubElement(net, "ip", address=str(gateway), netmask=str(subnet.netmask))
-    if nat:
-        dhcp = ET.SubElement(ip, "dhcp")
-        ET.SubElement(dhcp, "range", start=str(hosts[1]), end=str(hosts[-1]))
+    ip = ET.SubElement(net, "ip", address=str(gateway_address(subnet)), netmask=str(subnet.netmask))
+    if dhcp if dhcp is not None else nat:
+        leases = ET.SubElement(ip, "dhcp")
+        ET.SubElement(leases, "range", start=str(hosts[1]), end=str(hosts[-1]))
     return ET.tostring(net, encoding="unicode")
 
 
@@ -119,9 +127,11 @@ def libvirt_networks(conn: libvirt.virConnect) -> list[ipaddress.IPv4Network]:
     return out
 
 
-def create_network(conn: libvirt.virConnect, name: str, subnet: ipaddress.IPv4Network, *, nat: bool) -> None:
+def create_network(
+    conn: libvirt.virConnect, name: str, subnet: ipaddress.IPv4Network, *, nat: bool, dhcp: bool | None = None
+) -> None:
     try:
-        net = conn.networkDefineXML(network_xml(name, subnet, nat=nat))
+        net = conn.networkDefineXML(network_xml(name, subnet, nat=nat, dhcp=dhcp))
         net.create()
     except libvirt.libvirtError as exc:
         raise ProviderError(f"cannot create libvirt network {name} ({subnet}): {exc.get_error_message()}") from exc

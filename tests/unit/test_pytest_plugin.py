@@ -4,6 +4,7 @@ collection alone decides). And the `cluster` fixture's commands, with ssh faked.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -174,3 +175,54 @@ def test_cluster_host_is_testinfra_over_the_run_ssh_config(tmp_path: Path) -> No
     assert host.backend.get_hostname() == "gpu01" and host.backend.ssh_config == str(tmp_path / "ssh_config")
     with pytest.raises(KeyError, match="no node 'gpu09'"):
         _cluster(tmp_path).host("gpu09")
+
+
+SITE_INVENTORY = {
+    "all": {
+        "vars": {"ansible_user": "admin", "ansible_ssh_private_key_file": "~/.ssh/site"},
+        "hosts": {"mgmt01": {"ansible_host": "mgmt01.example.org"}},
+        "children": {
+            "gpu": {
+                "vars": {"ansible_port": 2222, "ansible_ssh_common_args": "-o 'ProxyJump=admin@bastion'"},
+                "hosts": {"dgx01": {"ansible_host": "10.0.0.21"}, "dgx02": {}},
+            }
+        },
+    }
+}
+
+
+def test_without_the_runs_ssh_config_nodes_are_reached_as_the_inventory_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inv = tmp_path / "site.yml"
+    inv.write_text(yaml.safe_dump(SITE_INVENTORY))
+    cluster = Cluster(inv, None)  # read as Ansible resolves it: group vars merged into each host
+    assert cluster.nodes == ["mgmt01", "dgx01", "dgx02"] and cluster.group("gpu") == ["dgx01", "dgx02"]
+    assert cluster.vars("dgx02")["ansible_port"] == 2222
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(proc, "run", lambda argv, timeout=None: calls.append(tuple(argv)))
+    cluster.run("dgx01", "cat %s", "/etc/a b")
+    cluster.run("mgmt01", "true")
+    key = os.path.expanduser("~/.ssh/site")
+    ours = tuple(ssh.args(ssh.TESTS_CONNECTION))
+    assert calls == [
+        ("ssh", "-o", "ProxyJump=admin@bastion", "-p", "2222", "-l", "admin", "-i", key, *ours, "10.0.0.21",
+         "cat '/etc/a b'"),
+        ("ssh", "-l", "admin", "-i", key, *ours, "mgmt01.example.org", "true"),
+    ]  # fmt: skip
+    host = cluster.host("dgx02")
+    assert host.backend.NAME == "ansible" and host.backend.ansible_inventory == str(inv)
+    assert host.backend.get_hostname() == "dgx02"
+
+
+def test_the_cluster_fixture_needs_no_ssh_config_on_real_hosts(
+    inner: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HARNESS_SSH_CONFIG", "")  # as `harness promote` runs the tests
+    inner.makepyfile(
+        test_c="""
+        def test_c(cluster):
+            assert cluster.ssh_config is None and cluster.group("gpu") == ["gpu01", "gpu02"]
+        """
+    )
+    inner.runpytest("-p", "harness.pytest_plugin").assert_outcomes(passed=1)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from harness import lifecycle, phases, report, verify
+from harness import lifecycle, phases, proc, report, verify
 from harness.verify import VerifyResult, pytest_argv, read_junit
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
@@ -98,3 +98,22 @@ def test_failures_of_silent_nodes_are_told_apart_from_failed_checks() -> None:
     assert only_unreachable(silent)
     assert not only_unreachable([*silent, Failure("t::test_sinfo", "assert 'idle' in 'down'")])
     assert not only_unreachable([])
+
+
+def test_without_an_ssh_config_pytest_reaches_the_hosts_through_the_inventory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inv = tmp_path / "site.yml"
+    argv = pytest_argv(tmp_path, ["dgx01", "dgx02"], None, tmp_path / "j.xml", None, inv)
+    assert "--hosts=ansible://dgx01,ansible://dgx02" in argv and f"--ansible-inventory={inv}" in argv
+    assert not [a for a in argv if a.startswith("--ssh-config")]
+    seen: dict[str, Any] = {}
+
+    def fake_run_logged(argv: list[str], log_path: Path, *, env: dict[str, str], cwd: Path) -> Any:
+        seen.update(argv=argv, env=env)
+        return SimpleNamespace(rc=4, duration=0.1)
+
+    monkeypatch.setattr(proc, "run_logged", fake_run_logged)
+    verify.run_tests(tmp_path, nodes=["dgx01"], inventory=inv, ssh_config=None, out_dir=tmp_path / "out")
+    # Empty, not inherited from the caller's shell: the plugin then uses the inventory's own settings.
+    assert seen["env"]["HARNESS_SSH_CONFIG"] == "" and seen["env"]["HARNESS_INVENTORY"] == str(inv)
