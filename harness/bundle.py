@@ -98,10 +98,11 @@ class FileCheck:
     unlisted: tuple[str, ...] = ()  # present, not listed (cannot be verified)
     verified: tuple[str, ...] = ()  # present, content as listed
     bytes_verified: int = 0
+    unreadable: tuple[tuple[str, str], ...] = ()  # present, cannot be read: (name, why)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.mismatched or self.unlisted)
+        return not (self.missing or self.mismatched or self.unlisted or self.unreadable)
 
 
 def verify_files(root: Path, sums: Mapping[str, str], *, ignore: Collection[str] = (SUMS_FILE,)) -> FileCheck:
@@ -110,19 +111,24 @@ def verify_files(root: Path, sums: Mapping[str, str], *, ignore: Collection[str]
     missing = tuple(n for n in sums if not (root / n).is_file())
     mismatched: list[Mismatch] = []
     verified: list[str] = []
+    unreadable: list[tuple[str, str]] = []
     size = 0
     for name in present:
         expected = sums.get(name)
         if expected is None:
             continue
-        actual = sha256_file(root / name)
+        try:
+            actual = sha256_file(root / name)
+        except OSError as exc:
+            unreadable.append((name, exc.strerror or str(exc)))
+            continue
         if actual == expected:
             verified.append(name)
             size += (root / name).stat().st_size
         else:
             mismatched.append(Mismatch(name, expected, actual))
     unlisted = tuple(n for n in present if n not in sums)
-    return FileCheck(missing, tuple(mismatched), unlisted, tuple(verified), size)
+    return FileCheck(missing, tuple(mismatched), unlisted, tuple(verified), size, tuple(unreadable))
 
 
 def describe(check: FileCheck, hints: Mapping[str, str] | None = None) -> list[str]:
@@ -141,6 +147,7 @@ def describe(check: FileCheck, hints: Mapping[str, str] | None = None) -> list[s
         f"(`sha256sum {n} >> {SUMS_FILE}` in the bundle directory) or remove the file"
         for n in check.unlisted
     ]
+    problems += [f"{n}: cannot read it: {why}" for n, why in check.unreadable]
     return problems
 
 

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from harness import __version__, lifecycle, nodes
 from harness.cli_bundle import bundle_group
+from harness.cli_checkpoints import reset, snapshot
 from harness.cli_gpus import gpus
 from harness.cli_host import box_group, doctor, host_group
 from harness.cli_promote import promote_cmd
@@ -364,47 +365,6 @@ def verify(scenario: str, select: str | None) -> None:
 
 @main.command()
 @click.argument("scenario")
-@click.argument("name", required=False)
-@click.option("--list", "as_list", is_flag=True, help="List the checkpoints of the kept cluster.")
-def snapshot(scenario: str, name: str | None, as_list: bool) -> None:
-    """Save every node of SCENARIO's kept cluster (disk and memory, all at once) as checkpoint NAME.
-
-    `up` saves `booted` and a green converge saves `converged` by themselves; `harness reset`
-    goes back to one. Nodes with passed-through GPUs cannot be checkpointed."""
-    from harness import checkpoints, rundir
-
-    run = rundir.require_active_run(_load(scenario))
-    if as_list or name is None:
-        t = Table(title=f"checkpoints of run {run.run_id}")
-        for col in ("name", "saved", "content"):
-            t.add_column(col)
-        for cp in checkpoints.list_checkpoints(run):
-            t.add_row(cp.name, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(cp.created)), cp.digest or "-")
-        out.print(t)
-        return
-    started = time.monotonic()
-    cp = checkpoints.save(run, name)
-    err.print(f"[green]saved[/] checkpoint {cp.name!r} of {len(cp.nodes)} node(s) in {time.monotonic() - started:.1f}s")
-
-
-@main.command()
-@click.argument("scenario")
-@click.argument("name", default="booted")
-def reset(scenario: str, name: str) -> None:
-    """Bring every node of SCENARIO's kept cluster back to checkpoint NAME (default: booted), with
-    clocks stepped to the host's and fresh SSH connections."""
-    from harness import checkpoints, rundir
-
-    run = rundir.require_active_run(_load(scenario))
-    result = checkpoints.reset(run, name, lambda msg: err.print(msg, highlight=False))
-    skew = max(result.clock_skew_s.values(), default=0.0)
-    err.print(
-        f"[green]reset[/] run {run.run_id} to {name!r} in {result.seconds:.1f}s; clocks within {skew:.1f}s of the host"
-    )
-
-
-@main.command()
-@click.argument("scenario")
 def destroy(scenario: str) -> None:
     """Tear down SCENARIO's cluster: domains, volumes and networks."""
     run = nodes.destroy(_load(scenario))
@@ -429,6 +389,8 @@ main.add_command(box_group)
 main.add_command(gpus)
 main.add_command(promote_cmd)
 main.add_command(bundle_group)
+main.add_command(snapshot)
+main.add_command(reset)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -198,7 +198,8 @@ def _required(m: BundleManifest | None, arch: str) -> dict[str, str]:
         for name in files:
             required[name] = (
                 f"named in bundle.yml images.{group}: save the image on a connected machine "
-                f"(`docker save IMAGE | zstd > {name}` or `ctr images export {name} IMAGE`)"
+                f"(`docker save IMAGE | zstd > {name}`; a plain .tar from `docker save -o` or `ctr images export` "
+                "works too)"
             )
     for name in m.manifests:
         required[name] = (
@@ -230,7 +231,12 @@ def check_bundle(root: Path) -> K3sBundle:
     absent = [n for n in required if not (root / n).is_file()]
     problems += [f"{n}: missing; {required[n]}" for n in absent]
     files = bundle.verify_files(root, sums)
-    reported = bundle.FileCheck(tuple(n for n in files.missing if n not in absent), files.mismatched, files.unlisted)
+    reported = bundle.FileCheck(
+        tuple(n for n in files.missing if n not in absent),
+        files.mismatched,
+        files.unlisted,
+        unreadable=files.unreadable,
+    )
     problems += bundle.describe(reported) if sums_path.is_file() else []
     if manifest is not None:
         named = {n for fs in manifest.images.values() for n in fs} | set(manifest.manifests)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
 
-from harness import checkpoints, inventory, k8s_bundle, playbook, provision, reach, rehearsal, verify
+from harness import ansible_events, checkpoints, inventory, playbook, provision, reach, rehearsal, verify
 from harness.errors import SpecError, UsageError
 from harness.report import Failure, PhaseResult, Status
 from harness.rundir import RunState
@@ -59,7 +59,7 @@ def _options(run: RunState, scenario: Scenario, phase: str) -> provision.Provisi
         inventory=inventory_path(run),
         roles_path=playbook.roles_path(scenario),
         collections_path=playbook.collections_path(scenario),
-        extra_vars={**k8s_bundle.extra_vars(scenario), **scenario.provision.extra_vars},
+        extra_vars=playbook.extra_vars(scenario),
         ident=provision.new_ident(phase),
         ssh_config=run.ssh_config,
         strategy=_strategy(scenario),
@@ -78,7 +78,7 @@ def _strategy(scenario: Scenario) -> str:
     return forced
 
 
-def progress_line(p: provision.Progress) -> str:
+def progress_line(p: ansible_events.Progress) -> str:
     """`[  42s] common : Install packages (2/4 hosts done, 0 failed)`; `?` hosts until one started."""
     total = p.hosts_total or "?"
     return f"[{p.elapsed:5.0f}s] {p.task} ({p.hosts_done}/{total} hosts done, {p.hosts_failed} failed)"
@@ -94,7 +94,7 @@ class ThrottledProgress:
         self._at = 0.0
         self._done = self._failed = 0
 
-    def __call__(self, p: provision.Progress) -> None:
+    def __call__(self, p: ansible_events.Progress) -> None:
         if not p.task:
             return
         task = (p.tasks_started, p.task)  # a task name can come round again (a role applied twice)
@@ -104,7 +104,9 @@ class ThrottledProgress:
             self._on_progress(self._phase, progress_line(p))
 
 
-def _converge_once(run: RunState, scenario: Scenario, phase: str, on_progress: ProgressFn) -> provision.ProvisionResult:
+def _converge_once(
+    run: RunState, scenario: Scenario, phase: str, on_progress: ProgressFn
+) -> ansible_events.ProvisionResult:
     result = provision.run_playbook(_options(run, scenario, phase), ThrottledProgress(phase, on_progress))
     slowest = sorted(result.task_durations, key=lambda d: d.seconds, reverse=True)
     lines = [f"{d.seconds:8.1f}s  {d.host:<12} {d.task}" for d in slowest]
@@ -116,7 +118,7 @@ def _converge_once(run: RunState, scenario: Scenario, phase: str, on_progress: P
 class Converge:
     """The converge whose result counts, and the retries it took to get one with every node reached."""
 
-    result: provision.ProvisionResult
+    result: ansible_events.ProvisionResult
     retries: list[str] = field(default_factory=list)
 
     @property
@@ -124,7 +126,7 @@ class Converge:
         return self.result.unreachable_hosts
 
 
-def _first_unreachable_message(result: provision.ProvisionResult) -> str:
+def _first_unreachable_message(result: ansible_events.ProvisionResult) -> str:
     for f in result.failures:
         if f.message.startswith("unreachable:"):
             return f.message.splitlines()[0].removeprefix("unreachable:").strip()[:160]
@@ -172,7 +174,7 @@ def converge(
     return out
 
 
-def converge_detail(result: provision.ProvisionResult) -> str:
+def converge_detail(result: ansible_events.ProvisionResult) -> str:
     """Task counts summed over hosts, as Ansible's recap names them; without a recap, what is known."""
     if not result.stats and not result.ok:
         if not (result.task_durations or result.failures or result.changed):

@@ -18,10 +18,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from harness import proc, tools
+from harness import k8s_bundle, proc, tools
 from harness.errors import HostError, SpecError
 from harness.paths import ROLES_DIR, cache_dir
 from harness.spec import Scenario
@@ -129,6 +130,13 @@ def collections_path(scenario: Scenario) -> Path | None:
     assert scenario.provision is not None
     req = scenario.provision.collections
     return install_collections(scenario.resolve(req)) if req is not None else None
+
+
+def extra_vars(scenario: Scenario) -> dict[str, Any]:
+    """The extra vars of a converge of this scenario, rehearsal or promotion alike: what the
+    harness adds (the k3s bundle directory), then the scenario's own, which win."""
+    assert scenario.provision is not None
+    return {**k8s_bundle.extra_vars(scenario), **scenario.provision.extra_vars}
 
 
 def collections_search_path(collections: Path) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import __version__, inventory, phases, playbook, provision, rehearsal, verify
+from harness import __version__, ansible_events, inventory, phases, playbook, provision, rehearsal, verify
 from harness.errors import HarnessError, PromotionRefused, ProvisionError, UnreachableError
 from harness.rehearsal import Manifest, Rehearsal
 from harness.report import Failure, PhaseResult, RunReport, Status
@@ -94,7 +94,7 @@ def converge_options(
         inventory=inventory_path,
         roles_path=playbook.roles_path(scenario),
         collections_path=playbook.collections_path(scenario),
-        extra_vars=dict(scenario.provision.extra_vars),
+        extra_vars=playbook.extra_vars(scenario),
         ident=provision.new_ident("check" if check else "promote"),
         ssh_config=None,
         strategy=scenario.provision.strategy,
@@ -109,14 +109,14 @@ class HostPreview:
     tasks that failed, whether it was reached."""
 
     host: str
-    changes: list[provision.TaskChange] = field(default_factory=list)
-    failures: list[provision.TaskFailure] = field(default_factory=list)
+    changes: list[ansible_events.TaskChange] = field(default_factory=list)
+    failures: list[ansible_events.TaskFailure] = field(default_factory=list)
     unreachable: bool = False
 
 
 @dataclass(frozen=True)
 class Preview:
-    result: provision.ProvisionResult
+    result: ansible_events.ProvisionResult
     hosts: list[HostPreview]
 
     def failure(self) -> HarnessError | None:
@@ -128,11 +128,11 @@ class Preview:
             failed = sorted({f.host for f in self.result.failures})
             return ProvisionError(f"tasks failed in check mode on {', '.join(failed)}; log: {self.result.log_path}")
         if not self.result.ok:
-            return ProvisionError(provision.abort_cause(self.result))
+            return ProvisionError(ansible_events.abort_cause(self.result))
         return None
 
 
-def preview_of(result: provision.ProvisionResult) -> Preview:
+def preview_of(result: ansible_events.ProvisionResult) -> Preview:
     hosts = sorted(set(result.stats) | {c.host for c in result.changed} | {f.host for f in result.failures})
     lost = set(result.unreachable_hosts)
     return Preview(
@@ -172,11 +172,13 @@ def render_preview(preview: Preview) -> str:
         what = f"{len(h.changes)} task(s) would change" if h.changes else "nothing would change"
         lines += [f"## {h.host}: {what}" + (f", {len(h.failures)} task(s) failed" if h.failures else ""), ""]
         for c in h.changes:
-            lines.append(f"- {provision.task_label(c.task, c.role)}" + ("" if c.diff else " (no diff given)"))
+            lines.append(f"- {ansible_events.task_label(c.task, c.role)}" + ("" if c.diff else " (no diff given)"))
             if c.diff:
                 lines += ["", "  ```diff", *(f"  {d}" for d in c.diff.splitlines()), "  ```", ""]
         for f in h.failures:
-            lines.append(f"- FAILED {provision.task_label(f.task, f.role)} ({f.action}): {f.message.splitlines()[0]}")
+            lines.append(
+                f"- FAILED {ansible_events.task_label(f.task, f.role)} ({f.action}): {f.message.splitlines()[0]}"
+            )
         lines.append("")
     lines.append(f"Full log: {preview.result.log_path}")
     return "\n".join(lines) + "\n"

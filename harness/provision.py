@@ -1,47 +1,42 @@
 """Provisioning with ansible-runner: run a playbook, follow its event stream, judge the result.
 
 Every decision (did it converge? is it idempotent?) is taken from ansible-runner's events and the
-final `playbook_on_stats` counts, never from the text Ansible prints. The full log of a run stays
-at `<private_data_dir>/artifacts/<ident>/stdout`, its events under `job_events/`.
+final `playbook_on_stats` counts (read by harness.ansible_events), never from the text Ansible
+prints. The full log of a run stays at `<private_data_dir>/artifacts/<ident>/stdout`, its events
+under `job_events/`.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
-import re
 import shlex
 import signal
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import ansible_runner
 
 from harness import playbook, ssh, tools
+from harness.ansible_events import (
+    TASK_START,
+    Event,
+    Progress,
+    ProgressTracker,
+    ProvisionResult,
+    abort_cause,
+    result_from_events,
+    task_label,
+)
 from harness.errors import Interrupted, ProvisionError
-from harness.report import Failure, mask_secrets, redact, secret_values
+from harness.report import Failure, redact, secret_values
 
 log = logging.getLogger(__name__)
-
-Event = Mapping[str, Any]
-_DONE_EVENTS = {"runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped"}
-_TASK_START = {"playbook_on_task_start", "playbook_on_handler_task_start"}
-_DIFF_LINES = 40
-_MESSAGE_LINES = 20
-_LOG_TAIL_LINES = 15
-# How ansible-playbook starts a fatal error: `ERROR! ...` (ansible-core < 2.19), `[ERROR]: ...` after,
-# and its command-line parser's `ansible-playbook: error: ...`.
-_ERROR_LINE = re.compile(r"^(?:ERROR!|\[ERROR\]:?|ansible-playbook: error:)\s*(?P<text>.*)")
-# Causes worth naming shorter than Ansible's sentence (the role's search path stays in the log).
-_KNOWN_CAUSES = (re.compile(r"couldn't resolve module/action '[^']+'"), re.compile(r"the role '[^']+' was not found"))
-_ERROR_WHERE = re.compile(r"The error appears to be in '(?P<file>[^']+)': line (?P<line>\d+)|^Origin: (?P<origin>\S+)")
 
 
 @dataclass
@@ -59,327 +54,6 @@ class ProvisionOptions:
     check: bool = False
     # Ansible's `--limit`: only the hosts this pattern selects.
     limit: str | None = None
-
-
-@dataclass(frozen=True)
-class HostStats:
-    ok: int = 0
-    changed: int = 0
-    failures: int = 0
-    unreachable: int = 0
-    skipped: int = 0
-    ignored: int = 0
-    rescued: int = 0
-
-
-@dataclass(frozen=True)
-class TaskFailure:
-    host: str
-    task: str
-    role: str | None
-    action: str
-    message: str
-    path_to_log: Path
-    # Where the task is defined, as Ansible gives it: `/x/roles/lmod/tasks/main.yml:12`.
-    task_path: str | None = None
-
-
-@dataclass(frozen=True)
-class TaskChange:
-    host: str
-    task: str
-    role: str | None
-    diff: str | None
-    task_path: str | None = None
-
-
-class TaskDuration(NamedTuple):
-    task: str
-    host: str
-    seconds: float
-
-
-@dataclass
-class ProvisionResult:
-    rc: int
-    status: str
-    stats: dict[str, HostStats]
-    failures: list[TaskFailure] = field(default_factory=list)
-    changed: list[TaskChange] = field(default_factory=list)
-    task_durations: list[TaskDuration] = field(default_factory=list)
-    log_path: Path = Path("stdout")
-    # The end of the log (secrets masked), kept when the run failed without naming a failed task.
-    log_tail: list[str] = field(default_factory=list)
-
-    @property
-    def unreachable_hosts(self) -> list[str]:
-        """Hosts Ansible could not reach (in the recap or in an unreachable event)."""
-        lost = {h for h, s in self.stats.items() if s.unreachable}
-        lost |= {f.host for f in self.failures if f.message.startswith("unreachable:")}
-        return sorted(lost)
-
-    @property
-    def ok(self) -> bool:
-        bad = any(s.failures or s.unreachable for s in self.stats.values())
-        return self.rc == 0 and self.status == "successful" and not self.failures and not bad
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A snapshot for a progress display: the running task and how far the hosts got."""
-
-    play: str | None
-    task: str | None
-    hosts_done: int
-    hosts_failed: int
-    tasks_started: int
-    elapsed: float
-    finished: bool
-    # Hosts seen in the current play so far (the events never list a play's hosts up front).
-    hosts_total: int = 0
-
-
-def task_label(task: str, role: str | None) -> str:
-    """`role : task`, as Ansible prints it."""
-    return f"{role} : {task}" if role else task
-
-
-class ProgressTracker:
-    """Consumes ansible-runner events and keeps the current task and per-host counts.
-
-    hosts_done counts hosts that finished the current task; hosts_failed counts hosts that failed
-    (ignore_errors excluded) or were unreachable anywhere in the run; hosts_total counts the hosts
-    seen so far in the current play (the events name a play's hosts only as they start tasks).
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._started = clock()
-        self.play: str | None = None
-        self.current_task: str | None = None
-        self.tasks_started = 0
-        self.finished = False
-        self._done: set[str] = set()
-        self._failed: set[str] = set()
-        self._play_hosts: set[str] = set()
-
-    @property
-    def hosts_done(self) -> int:
-        return len(self._done)
-
-    @property
-    def hosts_total(self) -> int:
-        return len(self._play_hosts)
-
-    @property
-    def hosts_failed(self) -> int:
-        return len(self._failed)
-
-    @property
-    def elapsed(self) -> float:
-        return self._clock() - self._started
-
-    def feed(self, event: Event) -> bool:
-        """Take one event; True when the progress changed (worth redrawing)."""
-        kind = event.get("event", "")
-        data = event.get("event_data") or {}
-        if kind == "playbook_on_play_start":
-            self.play = data.get("play") or data.get("name")
-            self._play_hosts.clear()
-            return True
-        if kind in _TASK_START:
-            self.current_task = task_label(data.get("task") or data.get("name") or "", data.get("role"))
-            self.tasks_started += 1
-            self._done.clear()
-            return True
-        if kind == "runner_on_start" and data.get("host"):
-            new = data["host"] not in self._play_hosts
-            self._play_hosts.add(data["host"])
-            return new
-        if kind in _DONE_EVENTS and data.get("host"):
-            self._play_hosts.add(data["host"])
-            self._done.add(data["host"])
-            if kind == "runner_on_unreachable" or (kind == "runner_on_failed" and not data.get("ignore_errors")):
-                self._failed.add(data["host"])
-            return True
-        if kind == "playbook_on_stats":
-            self.finished = True
-            return True
-        return False
-
-    def snapshot(self) -> Progress:
-        done, failed, total = self.hosts_done, self.hosts_failed, self.hosts_total
-        started, elapsed = self.tasks_started, self.elapsed
-        return Progress(self.play, self.current_task, done, failed, started, elapsed, self.finished, total)
-
-
-def _tail(text: str, lines: int = _MESSAGE_LINES) -> str:
-    rows = text.rstrip().splitlines()
-    if len(rows) <= lines:
-        return "\n".join(rows)
-    return f"... ({len(rows) - lines} earlier lines)\n" + "\n".join(rows[-lines:])
-
-
-def _res_message(res: Mapping[str, Any]) -> str:
-    """msg, then stderr/stdout (or the module's raw output when it crashed); censored stays censored."""
-    if "censored" in res:
-        return str(res["censored"])
-    parts = [str(res["msg"]).strip()] if str(res.get("msg") or "").strip() else []
-    for key in ("stderr", "module_stderr", "stdout", "module_stdout"):
-        value = str(res.get(key) or "").strip()
-        if value and value not in parts:
-            parts.append(f"{key}:\n{_tail(value)}")
-            if key in ("stderr", "module_stderr"):
-                break
-    for item in res.get("results") or []:
-        if isinstance(item, Mapping) and item.get("failed"):
-            label = item.get("_ansible_item_label", item.get("item", "?"))
-            parts.append(f"item {json.dumps(label, default=str)}: {_res_message(item)}")
-    return "\n".join(parts) or "(the module gave no message)"
-
-
-def _render_side(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return value.splitlines(keepends=True)
-    if isinstance(value, Mapping):
-        return [f"{k}: {json.dumps(v, default=str)}\n" for k, v in sorted(value.items())]
-    return [json.dumps(value, default=str) + "\n"]
-
-
-def render_diff(diff: Any, limit: int = _DIFF_LINES) -> str | None:
-    """Ansible's `diff` result (one dict or a list) as a short unified diff; None when empty."""
-    items = diff if isinstance(diff, list) else [diff]
-    chunks: list[str] = []
-    for item in items:
-        if not isinstance(item, Mapping):
-            continue
-        if item.get("prepared"):
-            chunks.append(str(item["prepared"]).rstrip("\n"))
-            continue
-        before, after = _render_side(item.get("before")), _render_side(item.get("after"))
-        fromfile = str(item.get("before_header") or "before")
-        tofile = str(item.get("after_header") or "after")
-        lines = list(difflib.unified_diff(before, after, fromfile=fromfile, tofile=tofile))
-        if lines:
-            chunks.append("".join(line if line.endswith("\n") else line + "\n" for line in lines).rstrip("\n"))
-    if not chunks:
-        return None
-    rows = "\n".join(chunks).splitlines()
-    if len(rows) > limit:
-        rows = [*rows[:limit], f"... ({len(rows) - limit} more lines)"]
-    return "\n".join(rows)
-
-
-def _duration(data: Mapping[str, Any]) -> float | None:
-    if isinstance(data.get("duration"), (int, float)):
-        return float(data["duration"])
-    try:
-        start = datetime.fromisoformat(str(data["start"]))
-        end = datetime.fromisoformat(str(data["end"]))
-    except (KeyError, ValueError):
-        return None
-    return (end - start).total_seconds()
-
-
-def _stats(data: Mapping[str, Any]) -> dict[str, HostStats]:
-    fields = {"ok": "ok", "changed": "changed", "failures": "failures", "dark": "unreachable",
-              "skipped": "skipped", "ignored": "ignored", "rescued": "rescued"}  # fmt: skip
-    hosts: set[str] = set()
-    for key in (*fields, "processed"):
-        hosts.update((data.get(key) or {}).keys())
-    return {
-        h: HostStats(**{ours: int((data.get(theirs) or {}).get(h, 0)) for theirs, ours in fields.items()})
-        for h in sorted(hosts)
-    }
-
-
-def _censored(res: Mapping[str, Any]) -> bool:
-    """A result of a `no_log` task: Ansible hides it, and so must every message built from it."""
-    return "censored" in res or bool(res.get("_ansible_no_log"))
-
-
-def _change_diff(res: Mapping[str, Any]) -> str | None:
-    """The rendered diff of a changed task (or of its loop items); never one of a `no_log` result."""
-    if _censored(res):
-        return None
-    diff = render_diff(res.get("diff")) if "diff" in res else None
-    if diff is None:
-        items = [i for i in res.get("results") or [] if isinstance(i, Mapping) and not _censored(i)]
-        diff = "\n".join(d for d in (render_diff(i.get("diff")) for i in items) if d) or None
-    return diff
-
-
-def _meaningful(line: str) -> bool:
-    """Not blank, and not only the `****` padding Ansible puts after PLAY/TASK headers."""
-    return bool(line.strip().strip("*").strip())
-
-
-def _log_tail(log_path: Path, secrets: Iterable[str], lines: int = _LOG_TAIL_LINES) -> list[str]:
-    """The last meaningful lines of a run's stdout log, secrets masked; Ansible's ERROR lines from
-    before that window come first. [] when the log cannot be read."""
-    try:
-        text = log_path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    rows = [r.rstrip() for r in mask_secrets(text, secrets).replace("\r", "").splitlines() if _meaningful(r)]
-    if len(rows) <= lines:
-        return rows
-    errors = [r for r in rows[:-lines] if _ERROR_LINE.match(r)][-5:]
-    skipped = len(rows) - lines - len(errors)
-    return [*errors, f"... ({skipped} lines left out)", *rows[-lines:]]
-
-
-def result_from_events(
-    events: Iterable[Event], rc: int, status: str, log_path: Path, secrets: Iterable[str] = ()
-) -> ProvisionResult:
-    """Build a ProvisionResult from ansible-runner events (live or read back from job_events).
-    When the run failed without a failed task, the end of its log is kept (see abort_cause)."""
-    secrets = list(secrets)
-    stats: dict[str, HostStats] = {}
-    failures: list[TaskFailure] = []
-    changed: list[TaskChange] = []
-    durations: list[TaskDuration] = []
-    for event in sorted(events, key=lambda e: int(e.get("counter", 0))):
-        kind = event.get("event", "")
-        data = event.get("event_data") or {}
-        if kind == "playbook_on_stats":
-            stats = _stats(data)
-            continue
-        if kind not in _DONE_EVENTS:
-            continue
-        host, task, role = str(data.get("host", "?")), str(data.get("task", "?")), data.get("role")
-        task_path = str(data["task_path"]) if data.get("task_path") else None
-        raw = data.get("res")
-        res: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
-        seconds = _duration(data)
-        if seconds is not None:
-            durations.append(TaskDuration(task_label(task, role), host, seconds))
-        if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
-            message = mask_secrets(_res_message(res), secrets)
-            if kind == "runner_on_unreachable":
-                message = f"unreachable: {message}"
-            action = str(data.get("task_action") or data.get("resolved_action") or "?")
-            failures.append(TaskFailure(host, task, role, action, message, log_path, task_path))
-        elif kind == "runner_on_ok" and res.get("changed"):
-            diff = _change_diff(res)
-            changed.append(TaskChange(host, task, role, mask_secrets(diff, secrets) if diff else None, task_path))
-    if stats:
-        # A failure inside a block that a `rescue` handled leaves the host with zero failures.
-        failures = [f for f in failures if stats.get(f.host, HostStats(failures=1)).failures
-                    or stats.get(f.host, HostStats()).unreachable]  # fmt: skip
-    result = ProvisionResult(int(rc), str(status), stats, failures, changed, durations, log_path)
-    if not result.ok and not result.failures:
-        # Nothing names the cause (a play that aborted before any task, say): keep the log's end.
-        result.log_tail = _log_tail(log_path, secrets)
-    return result
-
-
-def load_events(artifact_dir: Path) -> list[dict[str, Any]]:
-    """Read back the events of a finished run from `<artifact_dir>/job_events/*.json`."""
-    events = [json.loads(p.read_text(encoding="utf-8")) for p in (artifact_dir / "job_events").glob("*.json")]
-    return sorted(events, key=lambda e: int(e.get("counter", 0)))
 
 
 def new_ident(phase: str) -> str:
@@ -462,7 +136,7 @@ def run_playbook(opts: ProvisionOptions, on_progress: Callable[[Progress], None]
     def handle(event: dict[str, Any]) -> bool:
         events.append(event)
         if tracker.feed(event):
-            if event.get("event") in _TASK_START:
+            if event.get("event") in TASK_START:
                 log.debug("task: %s", tracker.current_task)
             if on_progress is not None:
                 try:
@@ -503,40 +177,9 @@ def run_playbook(opts: ProvisionOptions, on_progress: Callable[[Progress], None]
     return result
 
 
-def _indent(text: str, prefix: str = "      ") -> str:
-    return "\n".join(prefix + line for line in text.splitlines())
-
-
 def _from(task_path: str | None, prefix: str = "\n") -> str:
     """Where a task is defined, as one more line of a message; "" when the event did not say."""
     return f"{prefix}from {task_path}" if task_path else ""
-
-
-def _cause(lines: list[str]) -> str | None:
-    """One line saying why ansible-playbook stopped, from its first ERROR line; None without one."""
-    error = next((m for m in map(_ERROR_LINE.match, lines) if m), None)
-    if error is None:
-        return None
-    text = error["text"].strip()
-    known = next((m for m in (p.search(text) for p in _KNOWN_CAUSES) if m), None)
-    cause = known.group(0) if known else text.split(". ")[0].rstrip(".")
-    where = next((m for m in map(_ERROR_WHERE.search, lines) if m), None)
-    if where:
-        cause += f" at {where['file']}:{where['line']}" if where["file"] else f" at {where['origin']}"
-    return cause if len(cause) <= 300 else cause[:297] + "..."
-
-
-def abort_cause(result: ProvisionResult) -> str:
-    """Why a run failed without naming a failed task (a missing collection or role, a syntax
-    error): a first line with the cause where Ansible's ERROR line gives one, then the end of the
-    log with secrets masked (ProvisionResult.log_tail)."""
-    cause = _cause(result.log_tail)
-    if cause:
-        head = f"ansible-playbook stopped: {cause} (status {result.status}, rc {result.rc})"
-    else:
-        head = f"ansible-playbook ended with status {result.status}, rc {result.rc}, without a failed task"
-    tail = "\n".join(result.log_tail) if result.log_tail else f"(nothing readable in {result.log_path})"
-    return f"{head}\n  the end of the log says:\n{_indent(tail, '    ')}"
 
 
 def converge_verdict(result: ProvisionResult, phase: str = "provision") -> list[Failure]:

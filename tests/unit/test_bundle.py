@@ -65,3 +65,15 @@ def test_a_changed_file_is_hashed_again(tmp_path: Path) -> None:
     first = bundle.sha256_file(f)
     f.write_bytes(b"two, longer")
     assert bundle.sha256_file(f) != first == hashlib.sha256(b"one").hexdigest()
+
+
+def test_a_file_that_cannot_be_read_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(tmp_path, {"a": b"1"})
+    sums = {"a": hashlib.sha256(b"1").hexdigest()}
+
+    def refuse(path: Path) -> str:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(bundle, "sha256_file", refuse)
+    check = bundle.verify_files(tmp_path, sums)
+    assert not check.ok and bundle.describe(check) == ["a: cannot read it: Permission denied"]

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from harness import lifecycle, phases, reach, report
-from harness.provision import Progress, ProvisionResult, result_from_events
+from harness.ansible_events import Progress, ProvisionResult, result_from_events
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ansible"
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from harness import lifecycle, promote, provision, rehearsal, verify
+from harness import ansible_events, lifecycle, promote, provision, rehearsal, verify
 from harness.cli import main
 from harness.errors import PromotionRefused, ProvisionError, UnreachableError, VerifyError
 from harness.report import Failure, PhaseResult, RunReport
@@ -187,13 +187,13 @@ def test_a_real_converge_is_no_check_and_a_harness_run_keeps_its_settings(
 
 
 def test_check_failures_and_unreachable_hosts_give_their_exit_codes() -> None:
-    failed = provision.TaskFailure("dgx01", "Install", "slurm", "apt", "no package", Path("log"))
-    result = provision.ProvisionResult(2, "failed", {"dgx01": provision.HostStats(failures=1)}, [failed])
+    failed = ansible_events.TaskFailure("dgx01", "Install", "slurm", "apt", "no package", Path("log"))
+    result = ansible_events.ProvisionResult(2, "failed", {"dgx01": ansible_events.HostStats(failures=1)}, [failed])
     preview = promote.preview_of(result)
     assert isinstance(preview.failure(), ProvisionError) and "dgx01" in str(preview.failure())
     assert "FAILED slurm : Install (apt): no package" in promote.render_preview(preview)
-    lost = provision.TaskFailure("dgx02", "Gathering Facts", None, "setup", "unreachable: timeout", Path("log"))
-    result = provision.ProvisionResult(4, "failed", {"dgx02": provision.HostStats(unreachable=1)}, [lost])
+    lost = ansible_events.TaskFailure("dgx02", "Gathering Facts", None, "setup", "unreachable: timeout", Path("log"))
+    result = ansible_events.ProvisionResult(4, "failed", {"dgx02": ansible_events.HostStats(unreachable=1)}, [lost])
     preview = promote.preview_of(result)
     assert preview.hosts[0].unreachable and not preview.hosts[0].failures
     assert isinstance(preview.failure(), UnreachableError)
@@ -208,10 +208,10 @@ def test_promote_converges_then_tests_the_real_hosts_and_names_the_diverged_ones
     proven = rehearse(site)
     seen: dict[str, Any] = {}
 
-    def fake_converge(opts: provision.ProvisionOptions, on_progress: Any = None) -> provision.ProvisionResult:
+    def fake_converge(opts: provision.ProvisionOptions, on_progress: Any = None) -> ansible_events.ProvisionResult:
         seen["opts"] = opts
-        stats = {h: provision.HostStats(ok=3) for h in ("dgx01", "dgx02")}
-        return provision.ProvisionResult(0, "successful", stats)
+        stats = {h: ansible_events.HostStats(ok=3) for h in ("dgx01", "dgx02")}
+        return ansible_events.ProvisionResult(0, "successful", stats)
 
     def fake_tests(tests_dir: Path, **kwargs: Any) -> verify.VerifyResult:
         seen["tests"] = (tests_dir, kwargs)
@@ -239,8 +239,8 @@ def test_promote_converges_then_tests_the_real_hosts_and_names_the_diverged_ones
 def test_a_converge_that_fails_names_its_hosts_and_skips_the_tests(
     site: Scenario, inventory: Path, tmp_path: Path, ledger: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    failed = provision.TaskFailure("dgx01", "Install", "slurm", "apt", "no package", Path("log"))
-    result = provision.ProvisionResult(2, "failed", {"dgx01": provision.HostStats(failures=1)}, [failed])
+    failed = ansible_events.TaskFailure("dgx01", "Install", "slurm", "apt", "no package", Path("log"))
+    result = ansible_events.ProvisionResult(2, "failed", {"dgx01": ansible_events.HostStats(failures=1)}, [failed])
     monkeypatch.setattr(provision, "run_playbook", lambda opts, on_progress=None: result)
     rep = promote.promote(site, inventory, tmp_path / "report", rehearse(site))
     assert rep.phase("provision").status == "failed" and rep.phase("provision").detail.endswith("diverged: dgx01")
@@ -265,9 +265,9 @@ def test_the_command_previews_a_rehearsed_scenario(
 
     def fake_check(sc: Scenario, inv: Path, work: Path, *, limit: str | None, on_progress: Any) -> promote.Preview:
         seen.update(inventory=inv, work=work, limit=limit)
-        change = provision.TaskChange("dgx01", "Write motd", "motd", "--- a\n+++ b")
-        result = provision.ProvisionResult(
-            0, "successful", {"dgx01": provision.HostStats(ok=1, changed=1)}, [], [change]
+        change = ansible_events.TaskChange("dgx01", "Write motd", "motd", "--- a\n+++ b")
+        result = ansible_events.ProvisionResult(
+            0, "successful", {"dgx01": ansible_events.HostStats(ok=1, changed=1)}, [], [change]
         )
         return promote.preview_of(result)
 

@@ -10,22 +10,24 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.errors import ProvisionError
-from harness.provision import (
+from harness.ansible_events import (
     Progress,
     ProgressTracker,
-    ProvisionOptions,
     ProvisionResult,
-    _envvars,
     abort_cause,
+    load_events,
+    render_diff,
+    result_from_events,
+)
+from harness.errors import ProvisionError
+from harness.provision import (
+    ProvisionOptions,
+    _envvars,
     changes_for_report,
     converge_verdict,
     failures_for_report,
     idempotence_verdict,
-    load_events,
     new_ident,
-    render_diff,
-    result_from_events,
     run_playbook,
 )
 

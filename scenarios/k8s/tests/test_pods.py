@@ -40,6 +40,6 @@ def test_cluster_dns_resolves_the_api_service(
     service = kube.core.read_namespaced_service("kubernetes", "default", _request_timeout=REQUEST_TIMEOUT)
     assert service.spec is not None and service.spec.cluster_ip
     name = "kubernetes.default.svc.cluster.local"
-    lookup = ["nslookup", name]
+    lookup = ["nslookup", "-type=a", name]
     out = kube.run_pod(k8s_namespace, pod_manifest(unique_name("dns"), busybox_image, lookup, node=agents[-1]))
     assert service.spec.cluster_ip in out, f"nslookup {name} did not answer {service.spec.cluster_ip}:\n{out}"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import box
+from harness import debootstrap
 
 # Lines as debootstrap 1.0.128 prints them for bookworm (minbase plus --include), in order.
 SAMPLE = """\
@@ -52,7 +52,7 @@ I: Base system installed successfully.
     ],
 )
 def test_parse_debootstrap_line(line: str, stage: str, package: str | None) -> None:
-    assert box.parse_debootstrap_line(line) == box.DebootstrapLine(stage, package)
+    assert debootstrap.parse_debootstrap_line(line) == debootstrap.DebootstrapLine(stage, package)
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,7 @@ def test_parse_debootstrap_line(line: str, stage: str, package: str | None) -> N
     ],
 )
 def test_other_lines_are_not_progress(line: str) -> None:
-    assert box.parse_debootstrap_line(line) is None
+    assert debootstrap.parse_debootstrap_line(line) is None
 
 
 class FakeClock:
@@ -85,7 +85,7 @@ class FakeClock:
 def test_progress_reports_each_stage_with_counts_and_elapsed_seconds() -> None:
     clock = FakeClock()
     messages: list[str] = []
-    progress = box.DebootstrapProgress(messages.append, every=1000.0, clock=clock)
+    progress = debootstrap.DebootstrapProgress(messages.append, every=1000.0, clock=clock)
     for line in SAMPLE.splitlines():
         clock.now += 1.0
         progress(line)
@@ -106,7 +106,7 @@ def test_progress_reports_each_stage_with_counts_and_elapsed_seconds() -> None:
 def test_progress_within_a_stage_is_throttled() -> None:
     clock = FakeClock()
     messages: list[str] = []
-    progress = box.DebootstrapProgress(messages.append, every=5.0, clock=clock)
+    progress = debootstrap.DebootstrapProgress(messages.append, every=5.0, clock=clock)
     for i in range(20):
         clock.now += 1.0
         progress(f"I: Retrieving pkg{i} 1.0")
