@@ -4,6 +4,8 @@
 # - vfio_host in a VM with an emulated IOMMU (over 45 min, mostly update-initramfs);
 # - the slurm cluster converged with Ansible's own linear strategy, as plain ansible-playbook does
 #   on real hosts (per-submission CI runs it with mitogen_linear; linear took 45 min here);
+# - the VM tests marked nightly (HARNESS_NIGHTLY=1): six interrupted ups on a slow libvirt
+#   (tests/vm/test_interrupts.py) and a node that stays silent (test_unreachable.py, about 8 min);
 # - the slurm cluster under load: with a second cluster (cluster3, three busy nodes) running beside
 #   it on the same host, the way a shared nightly host is loaded. A slow or briefly unreachable node
 #   must be retried, never blamed on the roles (README "Unreachable nodes").

@@ -67,6 +67,11 @@ def test_a_node_paused_for_90s_mid_converge_is_retried_and_the_run_passes(
 
 
 def test_a_node_that_stays_silent_ends_the_run_as_unreachable_and_tears_down(tmp_path: Path, runs_dir: Path) -> None:
+    if os.environ.get("HARNESS_NIGHTLY") != "1":
+        pytest.skip(
+            "nightly (about 8 min under TCG: keep-alive timeout, bounded wait, retries, teardown); per-submission CI "
+            "pauses a node and checks the retry (test above); set HARNESS_NIGHTLY=1 to run it"
+        )
     earlier = set(runs_dir.glob("pause-*"))
     run = _start_run(runs_dir, tmp_path, {"HARNESS_SSH_WAIT": "30"})
     domain = _domain_once_converging(runs_dir, earlier)
