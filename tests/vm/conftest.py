@@ -4,6 +4,7 @@ HARNESS_REQUIRE_VM=1 (CI), so a broken host never passes as 'all skipped'."""
 from __future__ import annotations
 
 import os
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,3 +68,13 @@ def assert_nothing_left(run: rundir.RunState) -> None:
     with lv.connect() as conn:
         left = lv.run_objects(conn, run.prefix)
     assert left.empty(), f"run {run.run_id} left libvirt objects behind: {left.describe()}"
+
+
+def verify_cases(junit: Path) -> dict[str, list[str]]:
+    """Test name (without parameters) → outcomes of its cases ('passed', 'failure', 'error', 'skipped')."""
+    out: dict[str, list[str]] = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        name = case.get("name", "").split("[", 1)[0]
+        kids = [c.tag for c in case if c.tag in ("failure", "error", "skipped")]
+        out.setdefault(name, []).append(kids[0] if kids else "passed")
+    return out

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from harness import k8s_bundle
 from harness.errors import SpecError
 from tests.vm.cli import harness
+from tests.vm.conftest import verify_cases
 
 REQUIRED_TESTS = {
     "test_node_set_is_the_inventory",
@@ -58,15 +58,6 @@ def test_configured_bundle_is_usable() -> None:
     assert checked.files.verified
 
 
-def _verify_cases(junit: Path) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        name = case.get("name", "").split("[", 1)[0]
-        kids = [c.tag for c in case if c.tag in ("failure", "error", "skipped")]
-        out.setdefault(name, []).append(kids[0] if kids else "passed")
-    return out
-
-
 @pytest.mark.vm
 def test_run_k8s_converges_twice_and_every_kubernetes_test_passes(
     tmp_path: Path, runs_dir: Path, figure: Callable[[str, str], None]
@@ -83,7 +74,7 @@ def test_run_k8s_converges_twice_and_every_kubernetes_test_passes(
         assert phase["status"] == "passed", (name, phase)
         figure(f"k8s {name}", f"{phase['seconds']:.0f} s  {phase['detail']}")
     junit = tmp_path / "junit.xml"
-    cases = _verify_cases(junit if junit.exists() else runs_dir / str(summary["run_id"]) / "verify-junit.xml")
+    cases = verify_cases(junit if junit.exists() else runs_dir / str(summary["run_id"]) / "verify-junit.xml")
     missing = (REQUIRED_TESTS | GPU_TESTS) - set(cases)
     assert not missing, f"Kubernetes tests that did not run: {sorted(missing)}"
     not_passed = {n: o for n, o in cases.items() if n in REQUIRED_TESTS and set(o) != {"passed"}}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from harness.provider import libvirt as lv
 from tests.vm.cli import harness
+from tests.vm.conftest import verify_cases
 
 pytestmark = pytest.mark.vm
 
@@ -38,16 +38,6 @@ REQUIRED_TESTS = {
 RUN_TIMEOUT = 75 * 60
 
 
-def _verify_cases(junit: Path) -> dict[str, list[str]]:
-    """Test name (without parameters) → outcomes of its cases ('passed', 'failure', 'error', 'skipped')."""
-    out: dict[str, list[str]] = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        name = case.get("name", "").split("[", 1)[0]
-        kids = [c.tag for c in case if c.tag in ("failure", "error", "skipped")]
-        out.setdefault(name, []).append(kids[0] if kids else "passed")
-    return out
-
-
 def test_run_slurm_converges_twice_and_every_cluster_test_passes(
     tmp_path: Path, runs_dir: Path, figure: Callable[[str, str], None]
 ) -> None:
@@ -64,7 +54,7 @@ def test_run_slurm_converges_twice_and_every_cluster_test_passes(
             figure(f"slurm {name}", f"{phases[name]['seconds']:.0f} s  {phases[name]['detail']}")
         assert "changed=0" in phases["idempotence"]["detail"]
 
-        cases = _verify_cases(runs_dir / str(run_id) / "verify-junit.xml")
+        cases = verify_cases(runs_dir / str(run_id) / "verify-junit.xml")
         missing = REQUIRED_TESTS - set(cases)
         assert not missing, f"tests the issue asks for did not run: {sorted(missing)}"
         not_passed = {n: o for n, o in cases.items() if set(o) != {"passed"}}
