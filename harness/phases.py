@@ -195,16 +195,15 @@ def unreachable_phase(phase: str, conv: Converge, seconds: float) -> PhaseResult
         )
         for host in conv.unreachable
     ]
-    detail = _retried(f"unreachable: {', '.join(conv.unreachable)}", conv)
+    detail = _retried(f"unreachable: {', '.join(conv.unreachable)}", conv.retries)
     return PhaseResult(phase, "unreachable", seconds, failures, detail, retries=conv.retries)
 
 
-def _retried(detail: str, conv: Converge) -> str:
-    return (
-        f"{detail} (after {len(conv.retries)} retr{'y' if len(conv.retries) == 1 else 'ies'})"
-        if conv.retries
-        else detail
-    )
+def _retried(detail: str, retries: list[str]) -> str:
+    """The detail line, saying how many retries it took (none: unchanged)."""
+    if not retries:
+        return detail
+    return f"{detail} (after {len(retries)} retr{'y' if len(retries) == 1 else 'ies'})"
 
 
 def _checkpoint_converged(run: RunState, scenario: Scenario, on_progress: ProgressFn) -> None:
@@ -223,7 +222,7 @@ def provision_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn) 
     result, seconds = conv.result, time.monotonic() - started
     if conv.unreachable:
         return unreachable_phase("provision", conv, seconds)
-    detail = _retried(converge_detail(result), conv)
+    detail = _retried(converge_detail(result), conv.retries)
     failures = provision.converge_verdict(result, "provision")
     if failures:
         return PhaseResult("provision", "failed", seconds, failures, detail, retries=conv.retries)
@@ -237,7 +236,7 @@ def idempotence_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn
     result, seconds = conv.result, time.monotonic() - started
     if conv.unreachable:
         return unreachable_phase("idempotence", conv, seconds)
-    detail = _retried(converge_detail(result), conv)
+    detail = _retried(converge_detail(result), conv.retries)
     failures = provision.idempotence_verdict(result, "idempotence")
     status: Status = "failed" if failures else "passed"
     return PhaseResult("idempotence", status, seconds, failures, detail, retries=conv.retries)
@@ -280,9 +279,7 @@ def verify_phase(
             result = run_once()
             seconds += waited.seconds + result.seconds
         log.warning("verify: %s", retries[-1])
-    detail = f"{result.passed} passed, {result.failed} failed, {result.skipped} skipped"
-    if retries:
-        detail += f" (after {len(retries)} retr{'y' if len(retries) == 1 else 'ies'})"
+    detail = _retried(result.counts, retries)
     status: Status = "passed" if result.ok else "unreachable" if verify.only_unreachable(result.failures) else "failed"
     failures = [] if result.ok else result.failures
     return PhaseResult("verify", status, seconds, failures, detail, junit=result.junit, retries=retries), result

@@ -213,7 +213,7 @@ def _verify_phase(scenario: Scenario, inventory_path: Path, hosts: list[str], re
         scenario.resolve(scenario.tests), nodes=hosts, inventory=inventory_path, ssh_config=None, out_dir=report_dir
     )
     failures = [] if result.ok else result.failures
-    detail = f"{result.passed} passed, {result.failed} failed, {result.skipped} skipped"
+    detail = result.counts
     if failures:
         named = failing_hosts(failures)
         cluster_level = any(not _TEST_HOST.search(f.name) for f in failures)

@@ -28,6 +28,11 @@ class VerifyResult:
     def ok(self) -> bool:
         return self.rc == 0
 
+    @property
+    def counts(self) -> str:
+        """`36 passed, 1 failed, 0 skipped`: the detail line of a verify phase."""
+        return f"{self.passed} passed, {self.failed} failed, {self.skipped} skipped"
+
 
 def pytest_argv(
     tests_dir: Path,
