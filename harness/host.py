@@ -312,18 +312,28 @@ class DoctorReport:
         return {"ok": self.ok, "accelerator": self.accelerator, "checks": [asdict(c) for c in self.checks]}
 
 
-def daemons_running() -> dict[str, bool]:
-    names = {"libvirtd": False, "virtlogd": False}
-    for pid_dir in Path("/proc").iterdir():
+def _daemon_pids(names: tuple[str, ...] = ("libvirtd", "virtlogd")) -> dict[str, int | None]:
+    """Each daemon's pid (the lowest, for one that forked), None when it does not run."""
+    pids: dict[str, int | None] = dict.fromkeys(names)
+    for pid_dir in sorted(Path("/proc").iterdir(), key=lambda d: int(d.name) if d.name.isdigit() else 0):
         if not pid_dir.name.isdigit():
             continue
         try:
             comm = (pid_dir / "comm").read_text().strip()
         except OSError:
             continue
-        if comm in names:
-            names[comm] = True
-    return names
+        if comm in pids and pids[comm] is None:
+            pids[comm] = int(pid_dir.name)
+    return pids
+
+
+def daemons_running() -> dict[str, bool]:
+    return {name: pid is not None for name, pid in _daemon_pids().items()}
+
+
+def libvirtd_pid() -> int | None:
+    """The running libvirtd's pid: a different one later means libvirtd was restarted meanwhile."""
+    return _daemon_pids(("libvirtd",))["libvirtd"]
 
 
 def systemd_is_init() -> bool:

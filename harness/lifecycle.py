@@ -90,7 +90,7 @@ def _up(ctx: RunContext) -> report.PhaseResult:
         ctx.on_progress("up", "no kept cluster of this scenario and topology to reuse: bringing one up")
 
     def bring_up() -> None:
-        ctx.run = nodes.up(ctx.scenario, ctx.on_progress)
+        ctx.run = nodes.up(ctx.scenario, ctx.on_progress, keep=ctx.keep)
 
     return _timed("up", bring_up)
 

@@ -221,8 +221,11 @@ def point_apt_at_cache(run: RunState) -> None:
         raise ProviderError(f"cannot write {cache.APT_PROXY_CONF} on every node: " + "; ".join(failed))
 
 
-def up(scenario: Scenario, on_progress: ProgressFn = _noop) -> RunState:
-    """Bring a scenario's cluster up. On any failure or interrupt, remove everything it made."""
+def up(scenario: Scenario, on_progress: ProgressFn = _noop, *, keep: bool = True) -> RunState:
+    """Bring a scenario's cluster up. On any failure or interrupt, remove everything it made.
+
+    `keep`: the cluster outlives this process (`harness up`, `run --keep`); otherwise it is this
+    process's, and `gc` removes it once the process is gone (a harness killed with SIGKILL)."""
     k8s_bundle.preflight(scenario)
     box_version = check_box(scenario)
     check_resources(scenario)
@@ -237,11 +240,22 @@ def up(scenario: Scenario, on_progress: ProgressFn = _noop) -> RunState:
     except BaseException:
         passthrough.release_locks(passthrough.default_lockdir(), run_id)
         raise
+    proc.mark_children(run.run_id)  # gc finds what this run started, should this process be killed
     on_progress("up", f"run {run.run_id} in {run.path}")
+    libvirtd = host.libvirtd_pid()
     try:
         plan_run(scenario, run, accel, hostdevs, box_version)
         on_progress("up", f"networks: management {run.mgmt_subnet}, private {run.private_subnet}")
-        VagrantEnvironment(run.path, run.log_dir / "vagrant.log").up(on_progress)
+        try:
+            VagrantEnvironment(run.path, run.log_dir / "vagrant.log").up(on_progress)
+        except ProviderError as exc:
+            now = host.libvirtd_pid()
+            if now != libvirtd:
+                raise ProviderError(
+                    f"libvirtd restarted during up (pid {libvirtd} -> {now}): Vagrant lost its connection and "
+                    f"the run is torn down; run it again. {exc}"
+                ) from exc
+            raise
         on_progress("up", "installing the cluster SSH key")
         install_cluster_key(run)
         point_apt_at_cache(run)
@@ -251,7 +265,7 @@ def up(scenario: Scenario, on_progress: ProgressFn = _noop) -> RunState:
             started = time.monotonic()
             checkpoints.save(run, checkpoints.BOOTED)
             on_progress("up", f"checkpoint {checkpoints.BOOTED!r} saved in {time.monotonic() - started:.1f}s")
-        run.state = "up"
+        run.state, run.keep = "up", keep
         rundir.save(run)
         return run
     except KeyboardInterrupt as exc:
@@ -292,6 +306,30 @@ def sweep(
         sleep(QUIET_INTERVAL_S)
 
 
+# How long teardown waits for libvirtd to answer again (a restart: its QEMU domains carry on).
+LIBVIRT_WAIT_S = 60.0
+
+
+def sweep_when_libvirt_answers(
+    prefix: str, wait_s: float = LIBVIRT_WAIT_S, sleep: Callable[[float], None] = time.sleep
+) -> lv.RunObjects:
+    """`sweep`, retried while libvirtd does not answer (restarting) for up to `wait_s`; ProviderError
+    after that, saying that libvirt is gone and `harness gc` removes the rest once it is back."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with lv.connect() as conn:
+                return sweep(conn, prefix)
+        except (ProviderError, libvirt.libvirtError) as exc:
+            if time.monotonic() >= deadline:
+                raise ProviderError(
+                    f"libvirt did not answer for {wait_s:.0f}s while removing {prefix}-*: {exc}; "
+                    "once libvirtd runs again (`harness host setup` starts it), `harness gc` removes them"
+                ) from exc
+            log.info("libvirt does not answer (%s); trying again", exc)
+            sleep(2.0)
+
+
 def teardown(run: RunState, *, graceful: bool = True) -> None:
     """Remove the run's domains, volumes and networks and verify that nothing is left.
 
@@ -303,8 +341,7 @@ def teardown(run: RunState, *, graceful: bool = True) -> None:
     if graceful and (run.path / "Vagrantfile").exists() and (run.path / ".vagrant").exists():
         VagrantEnvironment(run.path, run.log_dir / "vagrant.log").destroy()
     kill_descendants()  # waits until the process tree is gone: no client of the run is left
-    with lv.connect() as conn:
-        left = sweep(conn, run.prefix)
+    left = sweep_when_libvirt_answers(run.prefix)
     if not left.empty():
         run.state = "failed"
         rundir.save(run)
@@ -316,6 +353,7 @@ def teardown(run: RunState, *, graceful: bool = True) -> None:
     run.state = "destroyed"
     rundir.save(run)
     rundir.forget(run.run_id)
+    proc.unmark_children(run.run_id)
 
 
 def destroy(scenario: Scenario) -> RunState:
@@ -342,12 +380,20 @@ def gc() -> GcResult:
             if run is not None and rundir.is_live(run):
                 kept.append(run_id)
                 continue
+            # First end what the dead run still has running (a Vagrant that would create domains
+            # after the sweep, ansible-playbook, pytest, SSH control masters), then sweep until
+            # libvirt stays empty.
+            strays = proc.processes_of_run(run_id)
+            stuck = proc.end_processes(strays)
             objs = lv.run_objects(conn, f"hx-{run_id}")
-            if not objs.empty():
-                left = lv.remove_run(conn, f"hx-{run_id}")
-                if not left.empty():
-                    raise DestroyError(f"gc: could not remove {left.describe()} of dead run {run_id}")
-                removed[run_id] = objs.describe()
+            if not objs.empty() or strays:
+                left = sweep(conn, f"hx-{run_id}")
+                if not left.empty() or stuck:
+                    stuck_text = f"; processes {', '.join(map(str, stuck))} do not end" if stuck else ""
+                    raise DestroyError(f"gc: could not remove {left.describe()} of dead run {run_id}{stuck_text}")
+                what = [objs.describe()] if not objs.empty() else []
+                what += [f"{len(strays)} process(es) it had left running"] if strays else []
+                removed[run_id] = "; ".join(what)
             if run is not None and run.state != "destroyed":
                 run.state = "destroyed"
                 rundir.save(run)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -178,3 +180,95 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def start_time(pid: int, proc_root: Path = Path("/proc")) -> int | None:
+    """When the process started (clock ticks since boot, /proc/PID/stat field 22): with the pid, it
+    names one process for good, since a pid is reused once its process is gone. None when gone."""
+    try:
+        return int((proc_root / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def same_process(pid: int, started: int) -> bool:
+    """The process `pid` that started at `started` (0: unknown, the pid alone decides) still runs."""
+    if not pid_alive(pid):
+        return False
+    return started == 0 or start_time(pid) in (started, None)
+
+
+# Every process a harness run starts carries this in its environment, and so do theirs (Vagrant's
+# ruby and ssh, ansible-playbook, pytest, SSH control masters): `processes_of_run` finds them after
+# the harness itself was killed, so `harness gc` can end them before removing what they make.
+RUN_ENV = "HARNESS_RUN_ID"
+
+
+def mark_children(run_id: str) -> None:
+    """From now on, this process's children carry RUN_ENV=run_id (see RUN_ENV)."""
+    os.environ[RUN_ENV] = run_id
+
+
+def unmark_children(run_id: str) -> None:
+    if os.environ.get(RUN_ENV) == run_id:
+        del os.environ[RUN_ENV]
+
+
+def _ancestors(proc_root: Path) -> set[int]:
+    """This process and the processes above it: never ended as a run's leftovers."""
+    out, pid = set(), os.getpid()
+    while pid > 1 and pid not in out:
+        out.add(pid)
+        try:
+            pid = int((proc_root / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return out
+
+
+def processes_of_run(run_id: str, proc_root: Path = Path("/proc")) -> list[int]:
+    """Processes whose environment says they belong to run `run_id` (RUN_ENV), other than this one
+    and its ancestors."""
+    needle = f"{RUN_ENV}={run_id}".encode()
+    skip = _ancestors(proc_root)
+    found = []
+    for d in proc_root.iterdir():
+        if not d.name.isdigit() or int(d.name) in skip:
+            continue
+        try:
+            env = (d / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in env.split(b"\0"):
+            found.append(int(d.name))
+    return sorted(found)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie child of ours is reaped here)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    if state == "Z":
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        return False
+    return True
+
+
+def end_processes(pids: Sequence[int], timeout: float = 15.0) -> list[int]:
+    """SIGTERM, then after `timeout` SIGKILL, each process; wait until they are gone. Returns the
+    pids still running at the end (none unless a process is stuck in the kernel)."""
+    pending = set(pids)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pending:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(_running(p) for p in pending):
+            time.sleep(0.2)
+        pending = {p for p in pending if _running(p)}
+        if not pending:
+            break
+    return sorted(pending)

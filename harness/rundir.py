@@ -12,7 +12,7 @@ from pathlib import Path
 
 from harness.errors import UsageError
 from harness.paths import runs_root, state_dir
-from harness.proc import pid_alive
+from harness.proc import same_process, start_time
 from harness.spec import Scenario
 
 ACTIVE_STATES = ("creating", "up")
@@ -32,6 +32,11 @@ class RunState:
     private_subnet: str = ""
     private_ips: dict[str, str] = field(default_factory=dict)
     nodes: list[str] = field(default_factory=list)
+    # Once up, whether the cluster outlives the process that made it (`harness up`, `run --keep`):
+    # a kept cluster is the user's until `destroy`; one that is not dies with its process (`gc`).
+    # True for state files written before the field existed, which only knew kept clusters.
+    keep: bool = True
+    pid_start: int = 0  # the start time of `pid` (proc.start_time): a reused pid is not the run's
 
     @property
     def prefix(self) -> str:
@@ -82,6 +87,8 @@ def new_run(scenario: Scenario, run_id: str) -> RunState:
         pid=os.getpid(),
         state="creating",
         nodes=[n.name for n in scenario.expanded_nodes()],
+        keep=False,
+        pid_start=start_time(os.getpid()) or 0,
     )
     run.log_dir.mkdir(parents=True, exist_ok=True)
     save(run)
@@ -89,11 +96,12 @@ def new_run(scenario: Scenario, run_id: str) -> RunState:
 
 
 def is_live(run: RunState) -> bool:
-    """A kept cluster (`up`) is live; a run being made is live while its process is."""
+    """A kept cluster (`up`, keep) is live; any other run is live while its process runs (another
+    process than this one: a harness killed with SIGKILL leaves a dead run whatever its state)."""
     if run.state == "up":
-        return True
+        return run.keep or same_process(run.pid, run.pid_start)
     if run.state in ("creating", "destroying"):
-        return pid_alive(run.pid) and run.pid != os.getpid()
+        return same_process(run.pid, run.pid_start) and run.pid != os.getpid()
     return False
 
 

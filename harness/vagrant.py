@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from harness import proc
 from harness.errors import HostError, ProviderError
 
 if TYPE_CHECKING:
@@ -84,28 +82,7 @@ def kill_descendants(timeout: float = 15.0) -> None:
         pid = stack.pop()
         pending.add(pid)
         stack.extend(_children(pid))
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pending:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and _is_running(p) for p in pending):
-            time.sleep(0.2)
-        pending = {p for p in pending if Path(f"/proc/{p}").exists() and _is_running(p)}
-        if not pending:
-            return
-
-
-def _is_running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    if state == "Z":
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        return False
-    return True
+    proc.end_processes(sorted(pending), timeout)
 
 
 class VagrantEnvironment:

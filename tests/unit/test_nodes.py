@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness import nodes
+from harness import nodes, proc, rundir
+from harness.errors import ProviderError
 from harness.provider import libvirt as lv
 
 
@@ -55,3 +63,78 @@ def test_what_keeps_coming_back_is_reported_at_the_deadline(monkeypatch: pytest.
     fake = _Libvirt(late=[["hx-r-z"]] * 100)
     left = _sweep(monkeypatch, fake, deadline=10.0)
     assert left.domains == ["hx-r-z"]
+
+
+class _RecreatingLibvirt:
+    """A dead run's Vagrant, still running after the harness was killed, defines its domain again
+    whenever it is removed; a live run's domain sits beside it."""
+
+    def __init__(self, vagrant: subprocess.Popen[bytes]) -> None:
+        self.vagrant = vagrant
+        self.present = {"hx-dead-abcdef-node01", "hx-live-fedcba-node01"}
+
+    def _mine(self, prefix: str) -> list[str]:
+        return sorted(n for n in self.present if n.startswith(prefix + "-"))
+
+    def run_objects(self, _conn: Any, prefix: str) -> lv.RunObjects:
+        return lv.RunObjects(domains=self._mine(prefix))
+
+    def remove_run(self, _conn: Any, prefix: str) -> lv.RunObjects:
+        self.present -= set(self._mine(prefix))
+        if prefix == "hx-dead-abcdef" and self.vagrant.poll() is None:
+            self.present.add("hx-dead-abcdef-node01")
+        return self.run_objects(_conn, prefix)
+
+
+def test_gc_ends_a_killed_runs_processes_then_sweeps_and_spares_the_live_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "state"))
+    dead = rundir.RunState("dead-abcdef", "dead", "/d", str(tmp_path / "dead"), pid=999_999_999, state="up", keep=False)
+    live = replace(dead, run_id="live-fedcba", run_dir=str(tmp_path / "live"), keep=True)
+    for run in (dead, live):
+        rundir.save(run)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    strays = {r: subprocess.Popen(sleeper, env={**os.environ, proc.RUN_ENV: r}) for r in (dead.run_id, live.run_id)}
+    fake = _RecreatingLibvirt(strays[dead.run_id])
+    monkeypatch.setattr(lv, "run_objects", fake.run_objects)
+    monkeypatch.setattr(lv, "remove_run", fake.remove_run)
+    monkeypatch.setattr(lv, "run_ids_present", lambda _conn: {"dead-abcdef", "live-fedcba"})
+    monkeypatch.setattr(lv, "connect", contextlib.nullcontext)
+    monkeypatch.setattr(nodes, "QUIET_INTERVAL_S", 0.01)
+    try:
+        result = nodes.gc()
+        assert strays[dead.run_id].wait(timeout=5) is not None
+        assert fake.present == {"hx-live-fedcba-node01"}
+        assert result.kept == ["live-fedcba"] and "1 process(es)" in result.removed["dead-abcdef"]
+        assert set(rundir.registered_runs()) == {"live-fedcba"}
+        assert strays[live.run_id].poll() is None, "gc ended a live run's process"
+    finally:
+        for p in strays.values():
+            p.kill()
+            p.wait()
+
+
+def test_teardown_waits_for_a_restarting_libvirtd_then_sweeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = [ProviderError("cannot connect to libvirt"), ProviderError("cannot connect to libvirt"), None]
+
+    @contextlib.contextmanager
+    def connect() -> Iterator[None]:
+        failure = answers.pop(0)
+        if failure is not None:
+            raise failure
+        yield None
+
+    monkeypatch.setattr(lv, "connect", connect)
+    monkeypatch.setattr(nodes, "sweep", lambda _conn, prefix: lv.RunObjects())
+    assert nodes.sweep_when_libvirt_answers("hx-r", wait_s=60, sleep=lambda _s: None).empty()
+    assert answers == []
+
+
+def test_teardown_says_what_to_do_when_libvirtd_stays_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    def connect() -> None:
+        raise ProviderError("cannot connect to libvirt")
+
+    monkeypatch.setattr(lv, "connect", connect)
+    with pytest.raises(ProviderError, match="harness gc"):
+        nodes.sweep_when_libvirt_answers("hx-r", wait_s=0, sleep=lambda _s: None)

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from harness import rundir
+from harness import proc, rundir
 from harness.provider.libvirt import RUN_PREFIX
 from harness.spec import parse_scenario
 
@@ -57,6 +58,31 @@ def test_liveness(tmp_path: Path) -> None:
     assert not rundir.is_live(dead_creator)
     assert rundir.is_live(other_creator)
     assert not rundir.is_live(destroyed)
+
+
+def test_a_run_that_is_not_kept_dies_with_its_process(tmp_path: Path) -> None:
+    """`harness run` without --keep killed with SIGKILL mid-provision leaves state `up`: dead all
+    the same, so `gc` removes it; a kept cluster stays live whatever became of its process."""
+    parent = proc.start_time(os.getppid()) or 0
+    held = rundir.RunState("x-000000", "x", "/x", str(tmp_path), pid=os.getppid(), state="up", keep=False,
+                           pid_start=parent)  # fmt: skip
+    assert rundir.is_live(held)
+    assert not rundir.is_live(replace(held, pid=999_999_999))  # its process was killed
+    assert not rundir.is_live(replace(held, pid_start=parent + 1))  # its pid now names another process
+    assert not rundir.is_live(replace(held, pid_start=parent + 1, state="destroying"))
+    assert rundir.is_live(replace(held, pid=999_999_999, keep=True))
+
+
+def test_a_state_file_from_before_keep_existed_is_a_kept_cluster(tmp_path: Path) -> None:
+    """Older harnesses only left kept clusters in state `up`: gc must not take one for dead."""
+    sc = scenario(tmp_path)
+    run = rundir.new_run(sc, rundir.new_run_id(sc))  # type: ignore[arg-type]
+    assert not run.keep and run.pid_start == proc.start_time(os.getpid())
+    old = json.loads((run.path / "state.json").read_text())
+    for key in ("keep", "pid_start"):
+        del old[key]
+    (run.path / "state.json").write_text(json.dumps({**old, "state": "up", "pid": 999_999_999}))
+    assert rundir.is_live(rundir.load(run.path))
 
 
 def test_registry_entry_whose_run_dir_is_gone_reads_as_none(tmp_path: Path) -> None:
