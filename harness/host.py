@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness import proc
-from harness.errors import HostError
+from harness.errors import HostError, UsageError
 from harness.paths import probe_kernel_path, state_dir
 from harness.provider import libvirt as lv
 
@@ -230,27 +230,56 @@ class Accelerator:
     cpu_mode: str
     cpu_model: str | None
     reason: str
+    # TCG only: QEMU's translation cache per VM in MiB (libvirt <features><tcg><tb-cache>);
+    # None leaves QEMU's default (1 GiB since QEMU 5.0).
+    tb_cache_mib: int | None = None
 
     @property
     def is_tcg(self) -> bool:
         return self.driver == "qemu"
 
 
-def choose_accelerator(kvm: AccelProbe, forced: str | None = None) -> Accelerator:
-    """KVM when the probe booted a guest under it, TCG otherwise. HARNESS_ACCEL=tcg|kvm forces."""
+# The TCG translation cache QEMU gives each VM is 1 GiB by default, and a VM that runs long enough
+# fills it: a 1 GiB guest then holds about 2 GiB of host memory. Capped here (ci/bench.sh tb-cache
+# measures the sizes side by side: memory and converge time).
+TCG_TB_CACHE_MIB = 256
+
+
+def choose_accelerator(
+    kvm: AccelProbe, forced: str | None = None, tb_cache_mib: int | None = TCG_TB_CACHE_MIB
+) -> Accelerator:
+    """KVM when the probe booted a guest under it, TCG otherwise. HARNESS_ACCEL=tcg|kvm forces.
+    Under TCG each VM's translation cache is capped at `tb_cache_mib` (None: QEMU's default)."""
     if forced == "tcg" or (forced is None and not kvm.usable):
         why = "forced by HARNESS_ACCEL=tcg" if forced == "tcg" else "KVM cannot run ordinary guests here"
-        return Accelerator("qemu", "custom", "qemu64", f"TCG (software emulation, slower): {why}")
+        return Accelerator("qemu", "custom", "qemu64", f"TCG (software emulation, slower): {why}", tb_cache_mib)
     if forced not in (None, "kvm"):
         raise HostError(f"HARNESS_ACCEL={forced!r} is not understood: use 'kvm' or 'tcg'.")
     return Accelerator("kvm", "host-passthrough", None, "KVM" + (" (forced by HARNESS_ACCEL=kvm)" if forced else ""))
 
 
+def tb_cache_setting(value: str | None) -> int | None:
+    """HARNESS_TCG_TB_CACHE: MiB of translation cache per TCG VM; unset: TCG_TB_CACHE_MIB; 0: QEMU's default."""
+    if value is None or not value.strip():
+        return TCG_TB_CACHE_MIB
+    try:
+        mib = int(value)
+    except ValueError:
+        mib = -1
+    if mib < 0 or 0 < mib < 16:
+        raise UsageError(
+            f"HARNESS_TCG_TB_CACHE={value!r} is not understood: give MiB of TCG translation cache per VM "
+            f"(16 or more; 0 leaves QEMU's default of 1024), or unset it for the harness's {TCG_TB_CACHE_MIB}."
+        )
+    return mib or None
+
+
 def host_accelerator() -> Accelerator:
     forced = os.environ.get("HARNESS_ACCEL") or None
+    tb_cache = tb_cache_setting(os.environ.get("HARNESS_TCG_TB_CACHE"))
     if forced == "tcg":
-        return choose_accelerator(AccelProbe("kvm", False, "not probed"), forced)
-    return choose_accelerator(probe_kvm(), forced)
+        return choose_accelerator(AccelProbe("kvm", False, "not probed"), forced, tb_cache)
+    return choose_accelerator(probe_kvm(), forced, tb_cache)
 
 
 def meminfo_mib() -> dict[str, int]:

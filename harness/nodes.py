@@ -202,6 +202,21 @@ def install_cluster_key(run: RunState) -> None:
     vagrant_cfg.unlink()
 
 
+def describe_tb_caches(run: RunState, wanted: int) -> str:
+    """Say whether every domain got the TCG translation cache cap the Vagrantfile asked for (a
+    vagrant-libvirt that escaped its `features` would leave QEMU's 1 GiB default: slower to notice)."""
+    with lv.connect() as conn:
+        got = lv.tb_caches(conn, run.prefix)
+    short = [name.removeprefix(run.prefix + "-") for name, mib in sorted(got.items()) if mib != wanted]
+    if short:
+        log.warning("TCG translation cache not capped at %s MiB on %s", wanted, ", ".join(short))
+        return (
+            f"warning: {', '.join(short)} run with QEMU's default TCG translation cache (1 GiB), not {wanted} MiB: "
+            "this vagrant-libvirt does not pass <features><tcg><tb-cache> through: about 1 GiB more host memory per VM"
+        )
+    return f"TCG translation cache: {wanted} MiB per VM"
+
+
 def point_apt_at_cache(run: RunState) -> None:
     """Send apt on every node through the host's package cache (cache.APT_PROXY_CONF): the nodes
     have no route beyond the host. Roles need not know: on real hosts the file is simply absent."""
@@ -256,6 +271,8 @@ def up(scenario: Scenario, on_progress: ProgressFn = _noop, *, keep: bool = True
                     f"the run is torn down; run it again. {exc}"
                 ) from exc
             raise
+        if accel.is_tcg and accel.tb_cache_mib:
+            on_progress("up", describe_tb_caches(run, accel.tb_cache_mib))
         on_progress("up", "installing the cluster SSH key")
         install_cluster_key(run)
         point_apt_at_cache(run)

@@ -67,6 +67,7 @@ class RunView:
     cpu_mode: str
     cpu_model: str | None
     accel_reason: str
+    tb_cache_mib: int | None
     mgmt_network: str
     mgmt_subnet: str
     private_network: str
@@ -126,6 +127,7 @@ def build_view(
         cpu_mode=accel.cpu_mode,
         cpu_model=accel.cpu_model,
         accel_reason=accel.reason,
+        tb_cache_mib=accel.tb_cache_mib if accel.is_tcg else None,
         mgmt_network=f"{prefix}-mgmt",
         mgmt_subnet=str(mgmt_subnet),
         private_network=f"{prefix}-priv",

@@ -190,6 +190,20 @@ def qemu_rss_mib(domain: str, pid_dir: Path = QEMU_PID_DIR, proc_root: Path = Pa
     return None
 
 
+def tb_cache_mib(domain_xml: str) -> int | None:
+    """The TCG translation cache a domain was given (<features><tcg><tb-cache>), in MiB, or None."""
+    node = ET.fromstring(domain_xml).find("./features/tcg/tb-cache")
+    if node is None or not (node.text or "").strip().isdigit():
+        return None
+    scale = {"KiB": 1 / 1024, "k": 1 / 1024, "MiB": 1, "M": 1, "GiB": 1024, "G": 1024}
+    return int(int(node.text.strip()) * scale.get(node.get("unit", "KiB"), 1 / 1024))  # type: ignore[union-attr]
+
+
+def tb_caches(conn: libvirt.virConnect, prefix: str) -> dict[str, int | None]:
+    """Domain name → its TCG translation cache in MiB (None: QEMU's default) for every domain of a run."""
+    return {d.name(): tb_cache_mib(d.XMLDesc(0)) for d in conn.listAllDomains() if d.name().startswith(prefix + "-")}
+
+
 def hostdevs_in_use(conn: libvirt.virConnect) -> dict[str, str]:
     """PCI address → running domain that holds it as a hostdev."""
     held: dict[str, str] = {}

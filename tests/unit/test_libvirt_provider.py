@@ -31,3 +31,13 @@ def test_rss_is_none_when_the_domain_has_no_running_process(tmp_path: Path) -> N
 def test_rss_is_none_for_a_garbled_pid_file(tmp_path: Path) -> None:
     pid_dir, proc = _fake(tmp_path, "garbage", "VmRSS: 1024 kB\n")
     assert lv.qemu_rss_mib("hx-run-node", pid_dir, proc) is None
+
+
+def test_tb_cache_read_from_domain_xml() -> None:
+    def xml(features: str) -> str:
+        return f"<domain type='qemu'><name>d</name><features>{features}</features></domain>"
+
+    assert lv.tb_cache_mib(xml("<acpi/><tcg><tb-cache unit='MiB'>256</tb-cache></tcg><pae/>")) == 256
+    assert lv.tb_cache_mib(xml("<tcg><tb-cache unit='KiB'>131072</tb-cache></tcg>")) == 128
+    assert lv.tb_cache_mib(xml("<tcg><tb-cache>262144</tb-cache></tcg>")) == 256  # libvirt's unit: KiB
+    assert lv.tb_cache_mib(xml("<acpi/><apic/><pae/>")) is None

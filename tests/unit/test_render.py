@@ -5,13 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.host import Accelerator
+from harness.errors import UsageError
+from harness.host import TCG_TB_CACHE_MIB, Accelerator, tb_cache_setting
 from harness.render import build_view, private_ips, render_vagrantfile
 from harness.spec import parse_scenario
 
 FIX = Path(__file__).parent.parent / "fixtures"
-TCG = Accelerator("qemu", "custom", "qemu64", "TCG (software emulation, slow): test")
-KVM = Accelerator("kvm", "host-passthrough", None, "KVM")
+TCG = Accelerator("qemu", "custom", "qemu64", "TCG (software emulation, slow): test", TCG_TB_CACHE_MIB)
+KVM = Accelerator("kvm", "host-passthrough", None, "KVM", tb_cache_mib=512)  # never rendered under KVM
 
 
 def render(name: str, accel: Accelerator, hostdevs: dict[str, list[str]] | None = None) -> str:
@@ -75,3 +76,23 @@ def test_private_ips_leave_room_for_the_host() -> None:
     assert ips == {"login01": "10.1.2.11", "mgmt01": "10.1.2.12", "gpu01": "10.1.2.13", "gpu02": "10.1.2.14"}
     small = private_ips(ipaddress.IPv4Network("10.1.2.0/28"), nodes)
     assert small["login01"] == "10.1.2.2"
+
+
+TB_CACHE_LINE = "tcg><tb-cache unit='MiB'>{}</tb-cache></tcg><pae"
+
+
+def test_tcg_caps_the_translation_cache_and_kvm_never_does() -> None:
+    assert TB_CACHE_LINE.format(TCG_TB_CACHE_MIB) in render("full", TCG)
+    default = render("full", Accelerator("qemu", "custom", "qemu64", "TCG", None))
+    assert "tb-cache" not in default and "libvirt.features" not in default
+    assert "tb-cache" not in render("minimal", KVM)
+
+
+def test_tb_cache_setting() -> None:
+    assert tb_cache_setting(None) == TCG_TB_CACHE_MIB
+    assert tb_cache_setting(" ") == TCG_TB_CACHE_MIB
+    assert tb_cache_setting("128") == 128
+    assert tb_cache_setting("0") is None  # QEMU's own default
+    for bad in ("-1", "8", "lots", "1.5"):
+        with pytest.raises(UsageError, match="HARNESS_TCG_TB_CACHE"):
+            tb_cache_setting(bad)
