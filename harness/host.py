@@ -376,7 +376,8 @@ def start_daemons() -> list[str]:
     for name in ("virtlogd", "libvirtd"):
         if running[name]:
             continue
-        argv = ["systemctl", "start", name] if systemd_is_init() else [name, "-d"]
+        # A daemon outlives every run: never started as one of a run's processes (proc.RUN_ENV).
+        argv = ["systemctl", "start", name] if systemd_is_init() else ["env", "-u", proc.RUN_ENV, name, "-d"]
         result = proc.run(argv, timeout=60)
         if not result.ok:
             raise HostError(f"cannot start {name}: {result.describe()}")

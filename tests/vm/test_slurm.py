@@ -31,6 +31,8 @@ REQUIRED_TESTS = {
     "test_job_steps_run_confined_in_their_own_cgroup",
     "test_batch_job_writes_to_its_nfs_home",
     "test_shared_module_loads_in_a_job",
+    "test_a_running_job_survives_a_slurmctld_restart",
+    "test_a_rebooted_gpu_node_comes_back_idle_with_its_nfs_mounts",
     "test_stopped_slurmd_marks_the_node_down_and_back",
     "test_nfs_mount_survives_a_server_restart",
     "test_prometheus_sees_every_node_exporter",

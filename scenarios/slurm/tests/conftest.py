@@ -3,6 +3,7 @@ failure message comes from the harness plugin: `journal(cluster.host(node), unit
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,11 @@ WATCHED_PORTS = {2049, 6817, 6818, 9090, 9100}
 # The test user site.yml creates (home on NFS).
 TEST_USER = "slurmtest"
 TEST_UID = 2001
+
+
+def as_user(command: str) -> str:
+    """A command line run as the test user in a login shell (its NFS home as cwd)."""
+    return f"sudo -iu {TEST_USER} bash -lc {shlex.quote(command)}"
 
 
 def poll(probe: Callable[[], Any], timeout: float, interval: float = 5.0) -> tuple[bool, Any]:

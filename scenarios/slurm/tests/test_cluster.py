@@ -10,17 +10,12 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import TEST_USER, poll
+from conftest import TEST_USER, as_user, poll
 
 from harness.pytest_plugin import journal
 
 LOGIN = "login01"
 JOB_TIMEOUT = 240
-
-
-def _as_user(command: str) -> str:
-    """A command line run as the test user in a login shell (its NFS home as cwd)."""
-    return f"sudo -iu {TEST_USER} bash -lc {shlex.quote(command)}"
 
 
 def _node_states(cluster: Any) -> dict[str, str]:
@@ -59,14 +54,14 @@ def test_sinfo_shows_every_gpu_node_idle(cluster: Any) -> None:
 
 def test_srun_on_both_gpu_nodes(cluster: Any) -> None:
     gpus = cluster.group("gpu")
-    out = cluster.check(LOGIN, _as_user(f"srun -N{len(gpus)} -t 5 hostname"), timeout=JOB_TIMEOUT)
+    out = cluster.check(LOGIN, as_user(f"srun -N{len(gpus)} -t 5 hostname"), timeout=JOB_TIMEOUT)
     assert sorted(out.split()) == sorted(gpus)
 
 
 def test_batch_job_writes_to_its_nfs_home(cluster: Any) -> None:
     name = f"job-{uuid.uuid4().hex[:8]}.out"
     node = cluster.group("gpu")[0]
-    job = cluster.check(LOGIN, _as_user(f"sbatch --parsable -w {node} -t 5 --wrap 'hostname > $HOME/{name}'"))
+    job = cluster.check(LOGIN, as_user(f"sbatch --parsable -w {node} -t 5 --wrap 'hostname > $HOME/{name}'"))
     path = f"/home/{TEST_USER}/{name}"
     ok, content = poll(lambda: cluster.run(LOGIN, f"sudo cat {path}").stdout.strip(), JOB_TIMEOUT)
     if not ok:
@@ -90,7 +85,7 @@ def test_shared_module_loads_in_a_job(cluster: Any) -> None:
     node = cluster.group("gpu")[-1]
     out_name = f"module-{tag}.out"
     script = f"#!/bin/bash -l\nmodule load hxtest/{tag} && hxtest > $HOME/{out_name} 2>&1\n"
-    cluster.check(LOGIN, f"printf %s {shlex.quote(script)} | " + _as_user(f"sbatch --parsable -w {node} -t 5"))
+    cluster.check(LOGIN, f"printf %s {shlex.quote(script)} | " + as_user(f"sbatch --parsable -w {node} -t 5"))
     path = f"/home/{TEST_USER}/{out_name}"
     ok, content = poll(lambda: cluster.run(LOGIN, f"sudo cat {path}").stdout.strip(), JOB_TIMEOUT)
     assert ok, f"{path} did not appear within {JOB_TIMEOUT} s"
@@ -119,5 +114,5 @@ def test_prometheus_sees_every_node_exporter(cluster: Any) -> None:
 
 def test_job_steps_run_confined_in_their_own_cgroup(cluster: Any) -> None:
     """proctrack/cgroup + task/cgroup: a job step's processes live in the job's cgroup (v2)."""
-    out = cluster.check(LOGIN, _as_user("srun -N1 -t 5 cat /proc/self/cgroup"), timeout=JOB_TIMEOUT)
+    out = cluster.check(LOGIN, as_user("srun -N1 -t 5 cat /proc/self/cgroup"), timeout=JOB_TIMEOUT)
     assert re.search(r"^0::/.*/job_\d+/step_\d+", out, re.M), f"job step not in a Slurm job cgroup: {out!r}"
