@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 ./ci/bootstrap.sh
 .venv/bin/ruff check harness tests
 .venv/bin/mypy harness tests
-# Roles and playbooks, production profile (.ansible-lint). Offline: no version check, no schema
-# refresh, no Galaxy installs. The venv's bin on PATH lets it find ansible-playbook and ansible-config.
-PATH="$PWD/.venv/bin:$PATH" .venv/bin/ansible-lint --offline roles scenarios/*/site.yml
+# Roles and playbooks (site.yml and variants such as k8s/site-slurm-k8s.yml), production profile
+# (.ansible-lint). Offline: no version check, no schema refresh, no Galaxy installs. The venv's bin
+# on PATH lets it find ansible-playbook and ansible-config.
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/ansible-lint --offline roles scenarios/*/site*.yml
 # The nightly CI templates, against the GitHub Actions and GitLab CI schemas vendored in
 # check-jsonschema (built-in schemas are never downloaded: this works without a network).
 .venv/bin/check-jsonschema --builtin-schema vendor.github-workflows ci/github/nightly.yml

@@ -6,7 +6,8 @@ Layout (README "Kubernetes (k3s from an air-gap bundle)"):
     k3s                                  the k3s binary of the release (asset `k3s`, or `k3s-arm64`)
     k3s-airgap-images-<arch>.tar.zst     the release's system images (pause, CoreDNS, busybox, ...)
     images/*.tar[.zst|.gz|...]           extra image tarballs, copied to the nodes of a group
-    manifests/*.yaml                     put in the server's auto-deploy directory (device plugin)
+    manifests/*.yaml                     put in the server's auto-deploy directory: the NVIDIA device
+                                         plugin DaemonSet, selecting nodes labelled nvidia.com/gpu.present
     bundle.yml                           k3s_version, architecture, images per group, manifests
     SHA256SUMS                           every file above with its SHA-256 (`sha256sum` format)
 
@@ -22,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import yaml
@@ -45,6 +46,11 @@ _VERSION = re.compile(r"^v(\d+)\.(\d+)\.(\d+)(-rc\d+)?\+k3s\d+$")
 # What k3s imports from /var/lib/rancher/k3s/agent/images/.
 IMAGE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".tar.lz4", ".tar.bz2", ".tbz")
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+# The NVIDIA device plugin: a DaemonSet with this in its name (the scenario tests find it so) that
+# runs only on nodes with this label, which roles/k3s gives agents that have an NVIDIA GPU.
+DEVICE_PLUGIN = "nvidia-device-plugin"
+GPU_LABEL = "nvidia.com/gpu.present"
+DEVICE_PLUGIN_SOURCE = "NVIDIA's k8s-device-plugin deployments/static/nvidia-device-plugin.yml (https://github.com/NVIDIA/k8s-device-plugin)"
 README_SECTION = "README 'Kubernetes (k3s from an air-gap bundle)'"
 HOW_TO_GET = (
     f"Build one on a machine with internet access: from {RELEASES} (a release v{MIN_VERSION[0]}.{MIN_VERSION[1]} or "
@@ -166,16 +172,78 @@ def _entry_problems(key: str, name: str, folder: str, suffixes: tuple[str, ...])
     return []
 
 
-def _k8s_manifest_problems(root: Path, name: str) -> list[str]:
-    """A manifest is YAML documents, each a Kubernetes object (apiVersion and kind)."""
+def _k8s_objects(root: Path, name: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """A manifest is YAML documents, each a Kubernetes object (apiVersion and kind): (objects, problems)."""
     try:
         docs = [d for d in yaml.safe_load_all((root / name).read_text(encoding="utf-8")) if d is not None]
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        return [f"{name}: cannot read it as YAML: {exc}"]
-    bad = [i for i, d in enumerate(docs) if not (isinstance(d, dict) and d.get("apiVersion") and d.get("kind"))]
+        return [], [f"{name}: cannot read it as YAML: {exc}"]
     if not docs:
-        return [f"{name}: holds no Kubernetes object"]
-    return [f"{name}: document {i + 1} is not a Kubernetes object (no apiVersion or kind)" for i in bad]
+        return [], [f"{name}: holds no Kubernetes object"]
+    objects = [d for d in docs if isinstance(d, dict) and d.get("apiVersion") and d.get("kind")]
+    bad = [i for i, d in enumerate(docs) if not (isinstance(d, dict) and d.get("apiVersion") and d.get("kind"))]
+    return objects, [f"{name}: document {i + 1} is not a Kubernetes object (no apiVersion or kind)" for i in bad]
+
+
+def _field(obj: object, *keys: str) -> object:
+    """obj[k1][k2]... of parsed YAML, None where a level is missing or not a mapping."""
+    for key in keys:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
+
+
+def _gpu_selection_problem(pod_spec: object) -> str | None:
+    """Why a pod template does not run only on nodes labelled nvidia.com/gpu.present="true" (None: it does):
+    a nodeSelector with that label, or a required node affinity whose every term asks for it."""
+    selector = _field(pod_spec, "nodeSelector")
+    if isinstance(selector, dict) and GPU_LABEL in selector:
+        if selector[GPU_LABEL] == "true":
+            return None
+        return (
+            f'its nodeSelector {GPU_LABEL}: {selector[GPU_LABEL]!r} must be the string "true" (quoted in YAML: '
+            "Kubernetes refuses a label value that is not a string)"
+        )
+    required = _field(pod_spec, "affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution")
+    terms = _field(required, "nodeSelectorTerms")
+
+    def asks_for_gpus(term: object) -> bool:
+        exprs = _field(term, "matchExpressions")
+        return isinstance(exprs, list) and any(
+            _field(e, "key") == GPU_LABEL
+            and (
+                _field(e, "operator") == "Exists" or (_field(e, "operator") == "In" and _field(e, "values") == ["true"])
+            )
+            for e in exprs
+        )
+
+    if isinstance(terms, list) and terms and all(asks_for_gpus(t) for t in terms):
+        return None
+    return (
+        f"it does not select the nodes labelled {GPU_LABEL}=true (roles/k3s labels the GPU agents so), and would "
+        f'run on every node: add `nodeSelector: {{{GPU_LABEL}: "true"}}` to spec.template.spec'
+    )
+
+
+def _device_plugin_problems(objects: list[tuple[str, dict[str, Any]]], *, required: bool) -> list[str]:
+    """The manifests hold the NVIDIA device plugin DaemonSet (when `required`), and it runs on GPU nodes only."""
+    plugins = [
+        (name, obj, str(_field(obj, "metadata", "name") or ""))
+        for name, obj in objects
+        if obj.get("kind") == "DaemonSet" and DEVICE_PLUGIN in str(_field(obj, "metadata", "name") or "")
+    ]
+    if not plugins and required:
+        return [
+            f"{MANIFEST}: manifests: no DaemonSet named *{DEVICE_PLUGIN}*, so GPU nodes would offer no "
+            f"nvidia.com/gpu: get {DEVICE_PLUGIN_SOURCE}, give its DaemonSet "
+            f'`nodeSelector: {{{GPU_LABEL}: "true"}}`, save it under {MANIFESTS_DIR}/ and name it in {MANIFEST} '
+            "manifests (its image goes in images.gpu)"
+        ]
+    problems = []
+    for name, obj, ds_name in plugins:
+        why = _gpu_selection_problem(_field(obj, "spec", "template", "spec"))
+        if why:
+            problems.append(f"{name}: DaemonSet {ds_name}: {why}")
+    return problems
 
 
 def _required(m: BundleManifest | None, arch: str) -> dict[str, str]:
@@ -246,9 +314,18 @@ def check_bundle(root: Path) -> K3sBundle:
                     f"{name}: not named in {MANIFEST} (images.<group> or manifests), so no node would get it; "
                     "name it there or remove it"
                 )
+        objects: list[tuple[str, dict[str, Any]]] = []
+        readable = True
         for name in manifest.manifests:
-            if (root / name).is_file():
-                problems += _k8s_manifest_problems(root, name)
+            if not (root / name).is_file():
+                readable = False
+                continue
+            found, bad = _k8s_objects(root, name)
+            objects += [(name, obj) for obj in found]
+            problems += bad
+            readable = readable and not bad
+        # A manifest missing or unreadable is reported already and may be the one with the plugin.
+        problems += _device_plugin_problems(objects, required=readable)
     if problems or manifest is None:
         raise SpecError(str(root), problems)
     return K3sBundle(root, manifest, files)

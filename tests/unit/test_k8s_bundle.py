@@ -148,6 +148,62 @@ def test_a_manifest_that_is_no_kubernetes_object(tmp_path: Path) -> None:
     ]
 
 
+def _with_plugin_manifest(root: Path, text: str) -> Path:
+    (root / "manifests" / "nvidia-device-plugin.yml").write_text(text)
+    listed = [n for n in bundle.files_under(root) if n != bundle.SUMS_FILE]
+    (root / bundle.SUMS_FILE).write_text(bundle.sums_text(root, listed))
+    return root
+
+
+def test_a_bundle_without_the_device_plugin_daemonset_says_where_to_get_it(tmp_path: Path) -> None:
+    root = _with_plugin_manifest(
+        make_bundle(tmp_path), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other, namespace: kube-system}\n"
+    )
+    [problem] = problems_of(root)
+    assert problem.startswith("bundle.yml: manifests: no DaemonSet named *nvidia-device-plugin*")
+    assert "NVIDIA/k8s-device-plugin" in problem and 'nodeSelector: {nvidia.com/gpu.present: "true"}' in problem
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            '      nodeSelector: {nvidia.com/gpu.present: "true"}\n',
+            "",
+            "does not select the nodes labelled nvidia.com/gpu.present=true",
+        ),
+        (
+            '{nvidia.com/gpu.present: "true"}',
+            "{nvidia.com/gpu.present: true}",
+            'its nodeSelector nvidia.com/gpu.present: True must be the string "true"',
+        ),
+        (
+            '{nvidia.com/gpu.present: "true"}',
+            '{kubernetes.io/os: "linux"}',
+            "does not select the nodes labelled nvidia.com/gpu.present=true",
+        ),
+    ],
+)
+def test_a_device_plugin_that_would_run_on_every_node_is_refused(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    assert old in DEVICE_PLUGIN
+    root = _with_plugin_manifest(make_bundle(tmp_path), DEVICE_PLUGIN.replace(old, new))
+    [problem] = problems_of(root)
+    assert problem.startswith("manifests/nvidia-device-plugin.yml: DaemonSet nvidia-device-plugin-daemonset: ")
+    assert expected in problem, problem
+
+
+def test_a_device_plugin_selecting_gpu_nodes_by_node_affinity_passes(tmp_path: Path) -> None:
+    affinity = (
+        "      affinity:\n        nodeAffinity:\n          requiredDuringSchedulingIgnoredDuringExecution:\n"
+        "            nodeSelectorTerms:\n              - matchExpressions:\n"
+        '                  - {key: nvidia.com/gpu.present, operator: In, values: ["true"]}\n'
+    )
+    text = DEVICE_PLUGIN.replace('      nodeSelector: {nvidia.com/gpu.present: "true"}\n', affinity)
+    assert k8s_bundle.check_bundle(_with_plugin_manifest(make_bundle(tmp_path), text)).files.verified
+
+
 def test_an_empty_directory_names_every_missing_piece(tmp_path: Path) -> None:
     problems = problems_of(tmp_path)
     assert [p.split(":")[0] for p in problems] == ["bundle.yml", "SHA256SUMS", "k3s", "k3s-airgap-images-amd64.tar.zst"]

@@ -5,6 +5,8 @@ against a fake API that answers with recorded responses."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, cast
 
@@ -131,3 +133,22 @@ def test_start_pod_returns_the_running_pod_with_its_ip() -> None:
     core.answers = [core.answers[0], V1Pod.from_dict(running)]
     pod = _kube(core).start_pod("ns", kf.pod_manifest("server-1", "busybox", ["httpd"], restart_policy="Always"))
     assert pod.status is not None and pod.status.pod_ip == "10.42.1.9"
+
+
+def test_the_k8s_scenario_tests_collect_and_are_the_ones_the_vm_test_requires() -> None:
+    """scenarios/k8s/tests load with the harness plugin and harness.k8s_fixtures (no cluster needed to
+    collect), and tests/vm/test_k8s.py names every one of them, so a renamed test cannot pass unseen."""
+    from tests.vm.test_k8s import GPU_TESTS, REQUIRED_TESTS
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "harness.pytest_plugin", "scenarios/k8s/tests"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    collected = {line.split("::", 1)[1].split("[", 1)[0] for line in proc.stdout.splitlines() if "::" in line}
+    assert collected == REQUIRED_TESTS | GPU_TESTS
