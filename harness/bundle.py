@@ -3,7 +3,7 @@ SHA-256 in a `SHA256SUMS` file (the format `sha256sum` writes and `sha256sum -c`
 
 This module knows nothing of what a bundle holds: it reads SHA256SUMS and compares it with the
 directory (files missing, damaged or not listed). A kind of bundle (the k3s air-gap bundle in
-`harness.k8s_bundle`; an apt package bundle could be another) adds its own required files and
+`harness.k8s_bundle`, the apt bundle in `harness.apt_bundle`) adds its own required files and
 manifest on top and turns the result into one list of problems.
 """
 
@@ -14,6 +14,8 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from harness.errors import SpecError
 
 SUMS_FILE = "SHA256SUMS"
 _SUM_LINE = re.compile(r"^(?P<digest>[0-9a-fA-F]{64}) [ *](?P<name>.+)$")
@@ -154,3 +156,15 @@ def describe(check: FileCheck, hints: Mapping[str, str] | None = None) -> list[s
 def sums_text(root: Path, names: Collection[str]) -> str:
     """SHA256SUMS content for `names` under root (what `sha256sum NAME... > SHA256SUMS` writes)."""
     return "".join(f"{sha256_file(root / n)}  {n}\n" for n in sorted(names))
+
+
+def detect_kind(root: Path, kinds: Mapping[str, Collection[str]]) -> str:
+    """Which kind of bundle `root` is: the first kind (kind → marker files) with a marker file
+    there. SpecError (exit 2) when it is no directory or no kind's markers are there."""
+    if not root.is_dir():
+        raise SpecError(str(root), ["no such directory"])
+    for kind, markers in kinds.items():
+        if any((root / m).is_file() for m in markers):
+            return kind
+    known = "; ".join(f"{kind}: {', '.join(markers)}" for kind, markers in kinds.items())
+    raise SpecError(str(root), [f"not a bundle this harness knows: none of the files that mark one is there ({known})"])

@@ -53,6 +53,10 @@ PACKAGE_SERVICE = "apt-cacher-ng.service"
 PACKAGE_PID_FILE = Path("/run/apt-cacher-ng/pid")  # the package's init script's instance
 # Where the nodes learn about the cache (written over SSH when a cluster comes up).
 APT_PROXY_CONF = "/etc/apt/apt.conf.d/01harness-proxy"
+# Apt bundles of offline runs (harness.offline), served by the cache itself as plain files:
+# http://<gateway>:PORT/BUNDLES_URL_PATH/<run id>/ is BUNDLES_DIR/<run id>/ on the host.
+BUNDLES_URL_PATH = "harness-bundles"
+BUNDLES_DIR = Path("/var/lib/harness/served-bundles")
 # What the cache serves: (repository name, URL prefixes clients use, where it fetches them from).
 REPOSITORIES = (
     ("harness-debian", ("deb.debian.org/debian",), "deb.debian.org/debian"),
@@ -86,6 +90,8 @@ def config_text(*, port: int = PORT, pid_file: Path = PID_FILE, run_dir: Path = 
             *remaps,
             "ForceManaged: 1",
             "PassThroughPattern: ^$",
+            "# Offline runs: each run's apt bundle, served as plain files (harness/offline.py).",
+            f"LocalDirs: {BUNDLES_URL_PATH} {BUNDLES_DIR}",
             "",
         ]
     )
@@ -262,6 +268,7 @@ def _stop(pid: int, pid_file: Path = PID_FILE) -> None:
 
 def _start() -> None:
     RUN_DIR.mkdir(mode=0o755, exist_ok=True)
+    BUNDLES_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
     shutil.chown(RUN_DIR, USER, USER)
     argv = ["start-stop-daemon", "--start", "--quiet", "--chuid", f"{USER}:{USER}", "--pidfile", str(PID_FILE)]
     result = proc.run([*argv, "--exec", DAEMON, "--", "-c", str(CONFIG_DIR)], timeout=60)

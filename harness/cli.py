@@ -308,7 +308,7 @@ def run_cmd(
 
     Destroys the cluster at the end, pass or fail, unless --keep. The exit code names the first
     failed phase (see `harness --help`)."""
-    from harness import lifecycle, rehearsal
+    from harness import lifecycle, node_packages, rehearsal
     from harness.report import write_reports
 
     sc = _load(scenario)
@@ -328,6 +328,9 @@ def run_cmd(
     target = report_dir or (run.path if run else Path.cwd() / ".harness" / "reports" / sc.name)
     files = write_reports(rep, target)
     files.append(rehearsal.record_run(sc, rep, content, target, select))
+    green = run is not None and select is None and lifecycle.first_failure(rep) is None
+    if green and run is not None and (packages := node_packages.copy_record(run.path, target)):
+        files.append(packages)  # what the green run installed, for `harness bundle build`
     err.print(f"\n[bold]{sc.name}[/] run {rep.run_id or '-'}")
     for ph in rep.all_phases():
         _print_phase(ph)

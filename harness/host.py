@@ -43,6 +43,9 @@ APT_PACKAGES = (
     "iptables",
     "rsync",
     "apt-cacher-ng",  # the package cache of air-gapped runs (harness/cache.py)
+    "apt-utils",  # apt-ftparchive: the index of an apt bundle (harness/apt_bundle_build.py)
+    "gnupg",  # gpg: signs an apt bundle with a key made for it
+    "gpgv",  # checks an apt bundle's signature (harness/apt_bundle.py)
 )
 # Where `ensure_pool` puts libvirt's storage pool (lv.POOL) when the host has none.
 POOL_PATH = "/var/lib/libvirt/images"

@@ -17,7 +17,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from harness import __version__, checkpoints, k8s_bundle, nodes, phases, playbook, report, rundir
+from harness import (
+    __version__,
+    checkpoints,
+    k8s_bundle,
+    node_packages,
+    nodes,
+    offline,
+    phases,
+    playbook,
+    rehearsal,
+    report,
+    rundir,
+)
 from harness.errors import (
     DestroyError,
     HarnessError,
@@ -91,6 +103,8 @@ def _up(ctx: RunContext) -> report.PhaseResult:
 
     def bring_up() -> None:
         ctx.run = nodes.up(ctx.scenario, ctx.on_progress, keep=ctx.keep)
+        # The box's own packages, before any role: what a package record is measured against.
+        node_packages.baseline_after_up(ctx.run, _say(ctx, "up"))
 
     return _timed("up", bring_up)
 
@@ -127,9 +141,18 @@ def _idempotence(ctx: RunContext) -> report.PhaseResult:
     return phases.idempotence_phase(ctx.live_run(), ctx.scenario, ctx.on_progress)
 
 
+def _say(ctx: RunContext, phase: str) -> Callable[[str], None]:
+    return lambda msg: ctx.on_progress(phase, msg)
+
+
 def _verify(ctx: RunContext) -> report.PhaseResult:
     ctx.on_progress("verify", "running the scenario's tests")
-    return phases.verify_phase(ctx.live_run(), ctx.scenario, ctx.select, ctx.on_progress)[0]
+    result = phases.verify_phase(ctx.live_run(), ctx.scenario, ctx.select, ctx.on_progress)[0]
+    if result.status == "passed" and ctx.select is None and ctx.scenario.provision is not None:
+        # A green converge and verify: what the nodes installed, for `harness bundle build`.
+        digest = rehearsal.content_manifest(ctx.scenario).digest
+        node_packages.record_after_green(ctx.live_run(), ctx.scenario.name, digest, _say(ctx, "verify"))
+    return result
 
 
 def _destroy(ctx: RunContext) -> report.PhaseResult:
@@ -171,8 +194,10 @@ _BY_NAME = {step.name: step for step in SEQUENCE}
 
 def check_playbook(scenario: Scenario, on_progress: ProgressFn = _noop) -> None:
     """The playbook's roles and modules resolve (syntax check), before any VM boots; SpecError if not.
-    A Kubernetes scenario's k3s bundle is there (HostError) and intact (SpecError) as well."""
+    A Kubernetes scenario's k3s bundle is there (HostError) and intact (SpecError) as well, and so
+    is an offline scenario's apt bundle (SpecError)."""
     k8s_bundle.preflight(scenario)
+    offline.preflight(scenario)
     if scenario.provision is None:
         return
     check = playbook.syntax_check(scenario)

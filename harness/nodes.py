@@ -19,7 +19,21 @@ from pathlib import Path
 
 import libvirt
 
-from harness import box, cache, checkpoints, gpus, host, k8s_bundle, network, passthrough, phases, proc, rundir, ssh
+from harness import (
+    box,
+    cache,
+    checkpoints,
+    gpus,
+    host,
+    k8s_bundle,
+    network,
+    offline,
+    passthrough,
+    phases,
+    proc,
+    rundir,
+    ssh,
+)
 from harness.errors import DestroyError, HarnessError, HostError, Interrupted, ProviderError
 from harness.provider import libvirt as lv
 from harness.render import build_view, private_ips, render_vagrantfile
@@ -275,8 +289,11 @@ def up(scenario: Scenario, on_progress: ProgressFn = _noop, *, keep: bool = True
             on_progress("up", describe_tb_caches(run, accel.tb_cache_mib))
         on_progress("up", "installing the cluster SSH key")
         install_cluster_key(run)
-        point_apt_at_cache(run)
-        on_progress("up", f"apt on the nodes goes through the package cache at {cache.proxy_url(run.mgmt_subnet)}")
+        if scenario.offline is None:
+            point_apt_at_cache(run)
+            on_progress("up", f"apt on the nodes goes through the package cache at {cache.proxy_url(run.mgmt_subnet)}")
+        else:  # no proxy: the converge points apt at the scenario's bundle only (harness.offline)
+            on_progress("up", f"offline: apt on the nodes gets the bundle {offline.bundle_dir(scenario)} only")
         phases.write_inventory(run, scenario, hostdevs)
         if not hostdevs:  # passed-through GPUs cannot save memory state: no checkpoint for them
             started = time.monotonic()
@@ -358,6 +375,7 @@ def teardown(run: RunState, *, graceful: bool = True) -> None:
     if graceful and (run.path / "Vagrantfile").exists() and (run.path / ".vagrant").exists():
         VagrantEnvironment(run.path, run.log_dir / "vagrant.log").destroy()
     kill_descendants()  # waits until the process tree is gone: no client of the run is left
+    offline.unserve(run.run_id)
     left = sweep_when_libvirt_answers(run.prefix)
     if not left.empty():
         run.state = "failed"
@@ -415,6 +433,8 @@ def gc() -> GcResult:
                 run.state = "destroyed"
                 rundir.save(run)
             rundir.forget(run_id)
+    for run_id in offline.gc(set(kept)):
+        removed[run_id] = (removed[run_id] + ", " if run_id in removed else "") + "served apt bundle"
     lockdir = passthrough.default_lockdir()
     for lock in passthrough.read_locks(lockdir):
         holder = registry.get(lock.run_id)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
 
-from harness import ansible_events, checkpoints, inventory, playbook, provision, reach, rehearsal, verify
+from harness import ansible_events, checkpoints, inventory, offline, playbook, provision, reach, rehearsal, verify
 from harness.errors import SpecError, UsageError
 from harness.report import Failure, PhaseResult, Status
 from harness.rundir import RunState
@@ -59,7 +59,8 @@ def _options(run: RunState, scenario: Scenario, phase: str) -> provision.Provisi
         inventory=inventory_path(run),
         roles_path=playbook.roles_path(scenario),
         collections_path=playbook.collections_path(scenario),
-        extra_vars=playbook.extra_vars(scenario),
+        # An offline scenario's bundle, served for this run: where roles/common finds it.
+        extra_vars={**offline.serve(run, scenario), **playbook.extra_vars(scenario)},
         ident=provision.new_ident(phase),
         ssh_config=run.ssh_config,
         strategy=_strategy(scenario),

@@ -138,6 +138,13 @@ class KubernetesSpec(_Model):
     bundle: Path | None = None
 
 
+class OfflineSpec(_Model):
+    """`offline:`: the run installs from this apt bundle only (`harness bundle build` makes one;
+    harness.offline serves it to the nodes). The path is relative to the scenario file."""
+
+    bundle: Path
+
+
 class Node(_Model):
     """A single machine after `count` expansion: what the renderer and inventory work from."""
 
@@ -161,6 +168,7 @@ class Scenario(_Model):
     provision: ProvisionSpec | None = None
     tests: Path | None = None
     kubernetes: KubernetesSpec | None = None
+    offline: OfflineSpec | None = None
     groups: dict[str, list[str]] = Field(default_factory=dict, description="extra inventory groups: name → nodes")
     synced_folders: bool = False
     source: Path = Path("scenario.yml")
@@ -257,6 +265,10 @@ def _semantic_problems(sc: Scenario) -> list[str]:
             paths.append((f"provision.roles_path[{k}]", rp, False, "is not a directory"))
         paths.append(("provision.collections", sc.provision.collections, True, "is not a file"))
     paths.append(("tests", sc.tests, False, "is not a directory"))
+    if sc.offline is not None:
+        paths.append(
+            ("offline.bundle", sc.offline.bundle, False, "is not a directory (make one: `harness bundle build`)")
+        )
     for key, path, file, missing in paths:
         why = _path_problem(sc, key, path, file=file, missing=missing) if path is not None else None
         if why:

@@ -41,6 +41,9 @@ TOOLS: tuple[Tool, ...] = (
     Tool("losetup", "building boxes", f"apt package mount: {HOST_SETUP}"),
     Tool("ssh", "reaching the VMs", f"apt package openssh-client: {HOST_SETUP}"),
     Tool("ssh-keygen", "per-cluster SSH keys", f"apt package openssh-client: {HOST_SETUP}"),
+    Tool("apt-ftparchive", "building apt bundles", f"apt package apt-utils: {HOST_SETUP}"),
+    Tool("gpg", "signing apt bundles", f"apt package gnupg: {HOST_SETUP}"),
+    Tool("gpgv", "checking apt bundles", f"apt package gpgv: {HOST_SETUP}"),
     Tool("ansible-playbook", "provisioning", REINSTALL),
     Tool("ansible-galaxy", "installing a scenario's collections", REINSTALL),
 )
