@@ -12,6 +12,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner
@@ -61,8 +62,8 @@ def _record(debs: dict[str, Path]) -> PackageRecord:
 class _FakeCache(http.server.BaseHTTPRequestHandler):
     """Answers proxy requests (`GET http://host/path`) from a dict of URL → file."""
 
-    files: dict[str, Path] = {}
-    seen: list[str] = []
+    files: ClassVar[dict[str, Path]] = {}
+    seen: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         self.seen.append(self.path)
@@ -224,7 +225,7 @@ def test_fetch_refuses_what_the_cache_does_not_serve_and_checks_digests(
     )
     uri = next(iter(debs))
     wrong = Installed("hx-alpha", "1.0-1", "amd64", uri, "0" * 64, 1)
-    with pytest.raises(HostError, match="SHA-256 .* is not the 0000000000000000"):
+    with pytest.raises(HostError, match=r"SHA-256 .* is not the 0000000000000000"):
         apt_bundle_build.fetch([wrong], tmp_path / "pool", address=fake_cache)
     assert not list((tmp_path / "pool").iterdir())
 
