@@ -21,6 +21,7 @@ import libvirt
 
 from harness import (
     box,
+    box_volume,
     cache,
     checkpoints,
     gpus,
@@ -275,6 +276,8 @@ def up(scenario: Scenario, on_progress: ProgressFn = _noop, *, keep: bool = True
     try:
         plan_run(scenario, run, accel, hostdevs, box_version)
         on_progress("up", f"networks: management {run.mgmt_subnet}, private {run.private_subnet}")
+        if box_version is not None:  # Vagrant's own copy into the pool races with other runs
+            box_volume.ensure(scenario.box, box_version, lambda msg: on_progress("up", msg))
         try:
             VagrantEnvironment(run.path, run.log_dir / "vagrant.log").up(on_progress)
         except ProviderError as exc:
