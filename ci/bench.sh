@@ -13,6 +13,9 @@
 # date and load average at start and end. Exit 1 if a loop failed or did not run (after the table).
 #   sudo ./ci/bench.sh            # smoke
 #   sudo ./ci/bench.sh slurm      # R = ${HARNESS_REPORT_DIR:-reports}/bench-<scenario name>
+#   sudo BENCH_SKIP="naive reuse-booted" ./ci/bench.sh slurm
+#                                 # loops left out (shown as skipped); without the naive loop the ratios
+#                                 # are to loop 2 (kept: the same phases from nothing, without destroy)
 # Prerequisite: ./ci/bootstrap.sh (the venv, the host set up, the box built).
 set -uo pipefail
 
@@ -129,6 +132,16 @@ not_run() {  # LOOP REASON
     failed=1
 }
 
+skipped() {  # LOOP: true (and recorded) when BENCH_SKIP names LOOP
+    case " ${BENCH_SKIP:-} " in
+        *" $1 "*)
+            printf '%s\t-\t\t\t%s\n' "$1" "skipped (BENCH_SKIP)" >>"$R/runs.tsv"
+            echo "== $1: skipped (BENCH_SKIP)"
+            return 0 ;;
+    esac
+    return 1
+}
+
 rss_after() {  # LOOP: the kept cluster's host RSS, right after LOOP
     "$h" status "$copy" --json >"$R/rss-$1.json" 2>/dev/null || rm -f -- "$R/rss-$1.json"
 }
@@ -143,11 +156,13 @@ copy=$($py ci/bench.py prepare "$scenario" "$work" "$R") || exit 2
 echo "copy of the scenario: $copy"
 "$h" validate "$copy" || exit 2
 
-run_loop naive run "$scenario" --report-dir "$R/naive"
+skipped naive || run_loop naive run "$scenario" --report-dir "$R/naive"
 run_loop kept run "$copy" --keep --report-dir "$R/kept"
 rss_after kept
 # --reuse without a kept cluster would quietly bring up a new one: not what these loops measure.
-if [ "$(cluster_state)" = up ]; then
+if skipped reuse-booted; then
+    :
+elif [ "$(cluster_state)" = up ]; then
     run_loop reuse-booted run "$copy" --reuse --report-dir "$R/reuse-booted"
 else
     not_run reuse-booted "no kept cluster after loop 2 (kept)"
@@ -157,6 +172,6 @@ if [ "$(cluster_state)" = up ]; then
     run_loop reuse-converged run "$copy" --reuse --from converged --report-dir "$R/reuse-converged"
     rss_after reuse-converged
 else
-    not_run reuse-converged "no kept cluster after loop 3 (reuse-booted)"
+    not_run reuse-converged "no kept cluster after the loops before"
 fi
 exit "$failed"  # finish (EXIT trap): destroy, end stamp, table
