@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,9 +15,6 @@ import jinja2.meta
 import jinja2.nativetypes
 import pytest
 import yaml
-
-from harness import k8s_bundle, playbook, tools
-from harness.spec import load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLE = ROOT / "roles" / "k3s"
@@ -234,120 +229,6 @@ def test_the_default_route_fallback_is_only_for_nodes_without_one() -> None:
     assert host_vars("gpu01", gpus=[], overrides={"ansible_facts": ours})["_k3s_manage_default_route"] is True
     off = {"ansible_facts": air_gapped, "k3s_default_route_fallback": False}
     assert host_vars("gpu01", gpus=[], overrides=off)["_k3s_manage_default_route"] is False
-
-
-# --- the same templates through real Ansible, and the k8s playbooks' syntax check -----------------
-
-# gpu01 has a GPU (the gpu-agent case), gpu02 none (agent), mgmt01 the server: as in CASES.
-REAL_NODES = {"mgmt01": ("10.77.0.11", []), "gpu01": ("10.77.0.21", ["0000:08:00.0"]), "gpu02": ("10.77.0.22", [])}
-REAL_CASES = {"server": "mgmt01", "agent": "gpu02", "gpu-agent": "gpu01"}
-
-
-def _real_render(tmp_path: Path) -> Path:
-    """Render every template of the role for each node with ansible-playbook (the template module,
-    as the role's tasks do), with the inventory, facts (a fact cache) and probe results of
-    host_vars; the files land in tmp_path/out/<node>/."""
-    playbook_tool = tools.which("ansible-playbook")
-    if playbook_tool is None:
-        pytest.skip("ansible-playbook is not installed (ci/bootstrap.sh installs it into .venv)")
-    out, cache = tmp_path / "out", tmp_path / "facts"
-    cache.mkdir()
-    hosts: dict[str, Any] = {}
-    for node, (ip, gpus) in REAL_NODES.items():
-        seen = host_vars(node, gpus=gpus)
-        hosts[node] = {
-            "ansible_connection": "local",
-            "ansible_python_interpreter": sys.executable,
-            "harness_private_ip": ip,
-            "__nvidia_common_gpu_probe": seen["__nvidia_common_gpu_probe"],
-            "__k3s_bundle": seen["__k3s_bundle"],
-        }
-        facts = {f"ansible_{k}": v for k, v in seen["ansible_facts"].items()}
-        (cache / node).write_text(json.dumps(facts))
-    inventory = {
-        "all": {
-            "hosts": hosts,
-            "children": {"mgmt": {"hosts": {"mgmt01": {}}}, "gpu": {"hosts": {"gpu01": {}, "gpu02": {}}}},
-        }
-    }
-    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inventory))
-    templates = sorted(p.name for p in (ROLE / "templates").glob("*.j2"))
-    play = [
-        {
-            "name": "Render roles/k3s's templates",
-            "hosts": "mgmt:gpu",
-            "gather_facts": False,
-            "vars_files": [str(ROLE / "defaults" / "main.yml"), str(ROLE / "vars" / "main.yml")],
-            "tasks": [
-                {
-                    "name": "Make the output directory",
-                    "ansible.builtin.file": {"path": f"{out}/{{{{ inventory_hostname }}}}", "state": "directory"},
-                },
-                {
-                    "name": "Render",
-                    "ansible.builtin.template": {
-                        "src": f"{ROLE}/templates/{{{{ item }}}}",
-                        "dest": f"{out}/{{{{ inventory_hostname }}}}/{{{{ item | regex_replace('[.]j2$', '') }}}}",
-                        "mode": "0644",
-                    },
-                    "loop": templates,
-                },
-            ],
-        }
-    ]
-    (tmp_path / "render.yml").write_text(yaml.safe_dump(play, sort_keys=False))
-    env = {
-        **os.environ,
-        "ANSIBLE_CACHE_PLUGIN": "jsonfile",
-        "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(cache),
-        "ANSIBLE_CACHE_PLUGIN_TIMEOUT": "0",
-        "ANSIBLE_GATHERING": "explicit",
-        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
-        "ANSIBLE_HOME": str(tmp_path / "home"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_RETRY_FILES_ENABLED": "0",
-    }
-    proc = subprocess.run(
-        [playbook_tool, "-i", str(tmp_path / "inventory.yml"), str(tmp_path / "render.yml")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return out
-
-
-def test_real_ansible_renders_the_templates_as_the_golden_files(tmp_path: Path) -> None:
-    """The golden files above come from a jinja2 stand-in for Ansible's templating; ansible-playbook
-    must write exactly the same files (its lazy variables, filters and ansible_managed)."""
-    out = _real_render(tmp_path)
-    compared = 0
-    for golden in sorted(GOLDEN.iterdir()):
-        name, case = golden.name.rsplit(".", 1)
-        node = REAL_CASES[case]
-        assert (out / node / name).read_text() == golden.read_text(), f"{node}: {name} differs from {golden}"
-        compared += 1
-    assert compared == len(GOLDEN_CASES)
-    # The config Ansible writes is YAML k3s can read: no key twice, the role's values.
-    server = yaml.safe_load((out / "mgmt01" / "config.yaml").read_text())
-    assert server["tls-san"] == ["10.77.0.11"] and server["flannel-iface"] == "eth1"
-
-
-@pytest.mark.parametrize("scenario", ["scenario.yml", "slurm-k8s.yml"])
-def test_the_k8s_playbooks_pass_the_syntax_check(
-    scenario: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`ansible-playbook --syntax-check` of scenarios/k8s/site.yml and site-slurm-k8s.yml with the run's
-    roles (no bundle needed: the check resolves roles and modules, it reads no bundle)."""
-    if tools.which("ansible-playbook") is None:
-        pytest.skip("ansible-playbook is not installed (ci/bootstrap.sh installs it into .venv)")
-    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv(k8s_bundle.ENV, raising=False)
-    check = playbook.syntax_check(load_scenario(str(ROOT / "scenarios" / "k8s" / scenario), []))
-    assert check.ok, check.problems
 
 
 def _tasks(path: Path) -> list[dict[str, Any]]:
