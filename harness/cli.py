@@ -106,6 +106,11 @@ def validate(scenario: str, no_playbook: bool) -> None:
     sc = _load(scenario)
     nodes = sc.expanded_nodes()
     out.print(f"{sc.source}: ok — scenario {sc.name!r}, {len(nodes)} node(s): {', '.join(n.name for n in nodes)}")
+    if sc.offline is not None:  # the apt bundle it installs from
+        from harness import apt_bundle
+
+        checked = apt_bundle.check_bundle(sc.resolve(sc.offline.bundle))
+        out.print(f"{checked.root}: ok — {checked.summary()}", highlight=False)
     if sc.provision is None or no_playbook:
         return
     from harness import playbook
