@@ -242,3 +242,14 @@ def test_deb_names_are_unquoted() -> None:
     assert apt_bundle_build.deb_name(uri) == "apt-utils_2.6.2+deb12u1_amd64.deb"
     assert apt_bundle_build.debian_uri_problem(uri) is None
     assert apt_bundle_build.debian_uri_problem("https://deb.debian.org/debian/pool/x.deb") is not None
+
+
+def test_validate_checks_an_offline_scenarios_bundle(copy: Path, tmp_path: Path) -> None:
+    (tmp_path / "site.yml").write_text("- hosts: all\n  tasks: []\n")
+    scenario = tmp_path / "offline.yml"
+    scenario.write_text("name: smoke-offline\nnodes: [{name: mgmt01}]\noffline: {bundle: bundle}\n")
+    ok = CliRunner().invoke(main, ["validate", str(scenario)])
+    assert ok.exit_code == 0 and "apt bundle of smoke" in ok.output, ok.output
+    (copy / apt_bundle.INRELEASE).write_text("not signed")
+    bad = CliRunner().invoke(main, ["validate", str(scenario)])
+    assert bad.exit_code == 2 and "InRelease: bad signature" in bad.output, bad.output
