@@ -28,7 +28,9 @@ pytestmark = pytest.mark.vm
 MISSING = "chrony"  # a package roles/common installs on every node
 
 
-def _green_smoke_record(runs_dir: Path, tmp_path: Path) -> tuple[node_packages.PackageRecord, list[str]]:
+def _green_smoke_record(
+    runs_dir: Path, tmp_path: Path, figure: Callable[[str, str], None]
+) -> tuple[node_packages.PackageRecord, list[str]]:
     """The newest green smoke run's record (running smoke once when there is none); bundle build's
     extra arguments to find it."""
     try:
@@ -37,7 +39,9 @@ def _green_smoke_record(runs_dir: Path, tmp_path: Path) -> tuple[node_packages.P
     except UsageError:
         pass
     source = tmp_path / "smoke-source"
+    started = time.monotonic()
     proc = harness(runs_dir, "run", "smoke", "--skip-idempotence", "--report-dir", str(source))
+    figure("smoke run for the package record (no idempotence)", f"{time.monotonic() - started:.0f} s")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return node_packages.load_record(source / node_packages.RECORD_FILE), ["--report", str(source)]
 
@@ -62,7 +66,7 @@ def _summary(report_dir: Path) -> dict[str, object]:
 def test_offline_smoke_passes_from_its_bundle_and_a_bundle_without_a_package_fails_naming_it(
     tmp_path: Path, runs_dir: Path, figure: Callable[[str, str], None]
 ) -> None:
-    record, where = _green_smoke_record(runs_dir, tmp_path)
+    record, where = _green_smoke_record(runs_dir, tmp_path, figure)
     bundle = tmp_path / "smoke-bundle"
     started = time.monotonic()
     built = harness(runs_dir, "bundle", "build", "smoke", "--output", str(bundle), *where)
