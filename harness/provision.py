@@ -22,7 +22,7 @@ from typing import Any
 
 import ansible_runner
 
-from harness import playbook, ssh, tools
+from harness import playbook, reach, ssh, tools
 from harness.ansible_events import (
     TASK_START,
     Event,
@@ -73,6 +73,9 @@ def mitogen_strategy_dir() -> Path:
     return Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
 
 
+ANSIBLE_CONNECT_TIMEOUT_S = 60
+
+
 def _envvars(opts: ProvisionOptions) -> dict[str, str]:
     ssh_args = ssh.command_line(ssh.ANSIBLE_CONNECTION) + (
         f" -F {shlex.quote(str(opts.ssh_config))}" if opts.ssh_config else ""
@@ -92,8 +95,9 @@ def _envvars(opts: ProvisionOptions) -> dict[str, str]:
         # Gather each node's facts once per converge, not again in every play of the playbook.
         "ANSIBLE_GATHERING": "smart",
         # Connection timeout. Ansible's 10 s default is too short for a VM under TCG that is busy
-        # (mitogen's whole bootstrap - ssh plus starting its Python - has to fit in it).
-        "ANSIBLE_TIMEOUT": "60",
+        # (mitogen's whole bootstrap - ssh plus starting its Python - has to fit in it): 60 s on a
+        # quiet host, stretched with the host's load when the converge starts (reach.connect_timeout).
+        "ANSIBLE_TIMEOUT": str(reach.connect_timeout(ANSIBLE_CONNECT_TIMEOUT_S)),
         "ANSIBLE_SSH_RETRIES": "3",
     }
     if opts.ssh_config is not None:
@@ -127,6 +131,10 @@ def run_playbook(opts: ProvisionOptions, on_progress: Callable[[Progress], None]
     log_path = artifact_dir / "stdout"
     secrets = secret_values(opts.extra_vars)
     log.info("running %s (ident %s), log: %s", playbook.name, opts.ident, log_path)
+    log.info(
+        "connection timeout %s s (host load %.1f per core)", reach.connect_timeout(ANSIBLE_CONNECT_TIMEOUT_S),
+        reach.load_factor(),
+    )
     log.debug("extra vars (secrets dropped): %s", json.dumps(redact(opts.extra_vars), default=str))
 
     tools.find("ansible-playbook")  # HostError saying what installs it; envvars' PATH finds it

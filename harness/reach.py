@@ -20,6 +20,20 @@ from harness import proc, ssh
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 15
+# Connect timeouts are given for a quiet host and stretched with its load: under TCG a node's sshd
+# (and mitogen's Python) get CPU only as often as the host's cores come round to its QEMU thread.
+MAX_CONNECT_TIMEOUT_S = 300
+
+
+def load_factor(load: float | None = None, cpus: int | None = None) -> float:
+    """Runnable tasks per core over the last minute, at least 1 (a quiet host)."""
+    load = os.getloadavg()[0] if load is None else load
+    return max(1.0, load / (cpus or os.cpu_count() or 1))
+
+
+def connect_timeout(quiet_s: float, load: float | None = None, cpus: int | None = None) -> int:
+    """A connect timeout of `quiet_s` on a quiet host, stretched by the load factor, at most 300 s."""
+    return int(min(MAX_CONNECT_TIMEOUT_S, max(quiet_s, quiet_s * load_factor(load, cpus))))
 
 
 def ssh_wait_seconds() -> float:
@@ -30,8 +44,10 @@ def ssh_wait_seconds() -> float:
         return 300.0
 
 
-def answers(ssh_config: Path, node: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
-    """One SSH round trip to `node` (a fresh connection, no shared master)."""
+def answers(ssh_config: Path, node: str, timeout: float | None = None) -> bool:
+    """One SSH round trip to `node` (a fresh connection, no shared master); the timeout defaults to
+    CONNECT_TIMEOUT_S stretched by the host's load."""
+    timeout = connect_timeout(CONNECT_TIMEOUT_S) if timeout is None else timeout
     argv = ["ssh", "-F", str(ssh_config), *ssh.args(ssh.probe_options(timeout)), node, "true"]
     return proc.run(argv, timeout=timeout + 15).ok
 

@@ -33,3 +33,13 @@ def test_node_config_as_ssh_config_lines() -> None:
 def test_the_connections_reset_after_a_pause_are_the_shared_ones() -> None:
     shared = {ssh.TESTS_CONNECTION["ControlPath"], str(Path.home() / ".ansible" / "cp" / "%C")}
     assert set(ssh.CONTROL_PATHS) == shared
+
+
+def test_connect_timeouts_stretch_with_the_hosts_load() -> None:
+    from harness.reach import MAX_CONNECT_TIMEOUT_S, connect_timeout, load_factor
+
+    assert load_factor(0.3, 2) == 1.0  # a quiet host is never faster than quiet
+    assert connect_timeout(60, load=1.5, cpus=2) == 60
+    assert connect_timeout(60, load=8.0, cpus=2) == 240  # 7 TCG VMs on 2 cores: 4 runnable per core
+    assert connect_timeout(60, load=40.0, cpus=2) == MAX_CONNECT_TIMEOUT_S
+    assert connect_timeout(15, load=4.0, cpus=1) == 60
