@@ -4,6 +4,7 @@ small qcow2 image stands in for a box, under a box name of its own, removed at t
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -34,10 +35,8 @@ def _delete(name: str) -> None:
     with lv.connect() as conn:
         pool = conn.storagePoolLookupByName(lv.POOL)
         pool.refresh(0)
-        try:
+        with contextlib.suppress(libvirt.libvirtError):
             pool.storageVolLookupByName(name).delete(0)
-        except libvirt.libvirtError:
-            pass
 
 
 @pytest.fixture
