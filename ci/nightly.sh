@@ -5,7 +5,9 @@
 # - the slurm cluster converged with Ansible's own linear strategy, as plain ansible-playbook does
 #   on real hosts (per-submission CI runs it with mitogen_linear; linear took 45 min here);
 # - the VM tests marked nightly (HARNESS_NIGHTLY=1): six interrupted ups on a slow libvirt
-#   (tests/vm/test_interrupts.py) and a node that stays silent (test_unreachable.py, about 8 min);
+#   (tests/vm/test_interrupts.py) and a node that stays silent (test_unreachable.py, about 8 min),
+#   and an offline smoke run from an apt bundle that lacks chrony, which must fail provision naming
+#   it (test_smoke_offline.py; the offline run that passes is per-submission);
 # - the slurm cluster under load: with a second cluster (cluster3, three busy nodes) running beside
 #   it on the same host, the way a shared nightly host is loaded. A slow or briefly unreachable node
 #   must be retried, never blamed on the roles (README "Unreachable nodes").
