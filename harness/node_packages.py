@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -288,13 +289,15 @@ def record_after_green(
     run: RunState, scenario: str, content_digest: str, say: Callable[[str], None]
 ) -> PackageRecord | None:
     """save_record for the lifecycle: a failure is logged and said, never a failed run."""
+    started = time.monotonic()
     try:
         record = save_record(run, scenario, content_digest)
     except (HarnessError, OSError) as exc:
         log.warning("no package record for run %s: %s", run.run_id, exc)
         say(f"could not record the installed packages ({exc}); `harness bundle build` needs a run that did")
         return None
-    say(f"recorded {len(record.packages)} package(s) installed beyond the box in {RECORD_FILE}")
+    seconds = time.monotonic() - started
+    say(f"recorded {len(record.packages)} package(s) installed beyond the box in {RECORD_FILE} ({seconds:.1f}s)")
     return record
 
 
