@@ -251,6 +251,22 @@ def point_apt_at_cache(run: RunState) -> None:
         raise ProviderError(f"cannot write {cache.APT_PROXY_CONF} on every node: " + "; ".join(failed))
 
 
+def libvirtd_restart(
+    before: int | None, wait_s: float = 30.0, sleep: Callable[[float], None] = time.sleep
+) -> str | None:
+    """After a failure: how libvirtd changed since it ran as pid `before` (`pid 1 -> 2`, `stopped`),
+    or None when the same libvirtd answers. A daemon still shutting down keeps its pid but takes no
+    connection: wait (up to `wait_s`) until it is gone or answers."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        now = host.libvirtd_pid()
+        if now != before:
+            return f"pid {before} -> {now}" if now is not None else f"pid {before} stopped"
+        if lv.answers() or time.monotonic() >= deadline:
+            return None
+        sleep(1.0)
+
+
 def up(scenario: Scenario, on_progress: ProgressFn = _noop, *, keep: bool = True) -> RunState:
     """Bring a scenario's cluster up. On any failure or interrupt, remove everything it made.
 
@@ -281,11 +297,11 @@ def up(scenario: Scenario, on_progress: ProgressFn = _noop, *, keep: bool = True
         try:
             VagrantEnvironment(run.path, run.log_dir / "vagrant.log").up(on_progress)
         except ProviderError as exc:
-            now = host.libvirtd_pid()
-            if now != libvirtd:
+            restart = libvirtd_restart(libvirtd)
+            if restart is not None:
                 raise ProviderError(
-                    f"libvirtd restarted during up (pid {libvirtd} -> {now}): Vagrant lost its connection and "
-                    f"the run is torn down; run it again. {exc}"
+                    f"libvirtd restarted during up ({restart}): Vagrant lost its connection to libvirt, so the "
+                    f"run is torn down; run it again. {exc}"
                 ) from exc
             raise
         if accel.is_tcg and accel.tb_cache_mib:

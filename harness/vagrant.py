@@ -29,6 +29,8 @@ MISLEADING_LINES = (
     "Created volume larger than box defaults",
     "filesystems to utilize.",
 )
+# `        from /usr/share/.../warden.rb:48:in `call'`: where Ruby was, not what went wrong.
+_BACKTRACE_LINE = re.compile(r"^\s+from \S+:\d+:in ")
 VAGRANT_ENV = {
     "VAGRANT_DEFAULT_PROVIDER": "libvirt",
     "VAGRANT_CHECKPOINT_DISABLE": "1",
@@ -138,8 +140,13 @@ class VagrantEnvironment:
         return True
 
     def _tail(self, lines: int = 12) -> str:
+        """The end of the log: the error itself, without Ruby's backtrace lines or repeats."""
         try:
             text = self.log_path.read_text(errors="replace").strip().splitlines()
         except OSError:
             return "(no log)"
-        return "\n    " + "\n    ".join(text[-lines:])
+        kept: list[str] = []
+        for line in text:
+            if not _BACKTRACE_LINE.match(line) and (not kept or kept[-1] != line):
+                kept.append(line)
+        return "\n    " + "\n    ".join(kept[-lines:])

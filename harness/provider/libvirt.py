@@ -90,6 +90,16 @@ def connect(uri: str = URI) -> Iterator[libvirt.virConnect]:
         conn.close()
 
 
+def answers(uri: str = URI) -> bool:
+    """Whether libvirtd takes a new connection and answers a call on it now."""
+    try:
+        with connect(uri) as conn:
+            conn.getLibVersion()
+    except (ProviderError, libvirt.libvirtError):
+        return False
+    return True
+
+
 def gateway_address(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
     """The host's own address on a run network (its bridge): the subnet's first host address."""
     return next(subnet.hosts())

@@ -138,3 +138,19 @@ def test_teardown_says_what_to_do_when_libvirtd_stays_away(monkeypatch: pytest.M
     monkeypatch.setattr(lv, "connect", connect)
     with pytest.raises(ProviderError, match="harness gc"):
         nodes.sweep_when_libvirt_answers("hx-r", wait_s=0, sleep=lambda _s: None)
+
+
+@pytest.mark.parametrize(
+    ("pids", "answers", "said"),
+    [
+        ([7], [True], None),  # the same libvirtd answers: the failure was something else
+        ([7, 7, 9], [False, False], "pid 7 -> 9"),  # shutting down (no connection), then restarted
+        ([7, None], [False], "pid 7 stopped"),
+    ],
+)
+def test_a_libvirtd_restart_is_told_from_other_failures(
+    monkeypatch: pytest.MonkeyPatch, pids: list[int | None], answers: list[bool], said: str | None
+) -> None:
+    monkeypatch.setattr(nodes.host, "libvirtd_pid", lambda: pids.pop(0))
+    monkeypatch.setattr(lv, "answers", lambda: answers.pop(0))
+    assert nodes.libvirtd_restart(7, sleep=lambda _s: None) == said

@@ -57,3 +57,16 @@ def test_missing_vagrant_is_a_host_error(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(HostError, match="harness host setup"):
         env.up()
     assert env.destroy() is False
+
+
+def test_a_failed_vagrant_says_its_error_not_rubys_backtrace(tmp_path: Path) -> None:
+    log = tmp_path / "vagrant.log"
+    error = "/usr/lib/ruby/vendor_ruby/fog/libvirt/requests/compute/vm_action.rb:7:in `create': Call to virDomainCreateWithFlags failed: End of file while reading data (Libvirt::Error)"  # noqa: E501
+    frames = [
+        f"\tfrom /usr/share/rubygems-integration/all/gems/vagrant-2.3.4/lib/vagrant/x{i}.rb:{i}:in `call'"
+        for i in range(30)
+    ]
+    log.write_text("\n".join(["==> node01: Starting domain.", error, error, *frames]) + "\n")
+    tail = vagrant.VagrantEnvironment(tmp_path, log)._tail()
+    assert error in tail and tail.count(error) == 1 and "Starting domain" in tail
+    assert "rubygems-integration" not in tail
