@@ -318,7 +318,7 @@ def build_box(recipe: BoxRecipe, *, force: bool = False, on_step: Callable[[str]
         step(f"making a {recipe.disk_gib} GiB disk image")
         raw = work / "disk.raw"
         _make_image(root, raw, recipe.disk_gib, logfile)
-        # The box's kernel doubles as the KVM probe's test kernel (see host.probe_kvm).
+        # The box's kernel doubles as the KVM probe's test kernel (see accelerator.probe_kvm).
         probe = probe_kernel_path()
         probe.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(root / "boot" / f"vmlinuz-{kver}", probe)

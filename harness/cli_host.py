@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from harness import box, cache, capabilities, host
+from harness import accelerator, box, cache, capabilities, host
 from harness.errors import HarnessError
 from harness.paths import scenario_search_dirs
 from harness.spec import load_scenario
@@ -66,7 +66,7 @@ def host_setup() -> None:
     err.print(f"daemons: {'started ' + ', '.join(started) if started else 'already running'}")
     err.print(f"storage pool {lv.POOL!r}: {'created/started' if host.ensure_pool() else 'ok'}")
     err.print(f"package cache: {cache.ensure_running()}")
-    accel = host.host_accelerator()
+    accel = accelerator.host_accelerator()
     err.print(f"VMs will run under: {accel.reason}")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness import cache, capabilities, host, nodes, tools
+from harness import accelerator, cache, capabilities, host, nodes, tools
 from harness.host import Check, DoctorReport
 from harness.spec import Scenario
 
@@ -59,7 +59,7 @@ def run_doctor(scenario: Scenario | None = None) -> DoctorReport:
             "" if groups else "GPU passthrough needs intel_iommu=on / amd_iommu=on iommu=pt (roles/vfio_host)",
         )
     )
-    kvm = host.probe_kvm()
+    kvm = accelerator.probe_kvm()
     checks.append(
         Check(
             "kvm",
@@ -68,11 +68,11 @@ def run_doctor(scenario: Scenario | None = None) -> DoctorReport:
             "" if kvm.usable else "VMs will run under TCG (slow but correct)",
         )
     )
-    tcg = host.probe_accel("tcg")
+    tcg = accelerator.probe_accel("tcg")
     checks.append(
         Check("tcg", tcg.usable, tcg.detail, "" if tcg.usable else "install qemu-system-x86 (`harness host setup`)")
     )
-    accel = host.host_accelerator()
+    accel = accelerator.host_accelerator()
     report.accelerator = accel.reason
     _cache_check(checks)
     _passthrough_checks(checks)

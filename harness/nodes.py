@@ -20,6 +20,7 @@ from pathlib import Path
 import libvirt
 
 from harness import (
+    accelerator,
     box,
     box_volume,
     cache,
@@ -143,7 +144,7 @@ def preflight_gpus(scenario: Scenario, run_id: str) -> dict[str, list[str]]:
 def plan_run(
     scenario: Scenario,
     run: RunState,
-    accel: host.Accelerator,
+    accel: accelerator.Accelerator,
     hostdevs: dict[str, list[str]] | None = None,
     box_version: str | None = None,
 ) -> str:
@@ -277,7 +278,7 @@ def up(scenario: Scenario, on_progress: ProgressFn = _noop, *, keep: bool = True
     check_resources(scenario)
     check_disk(scenario, *pool_free_gib())
     cache.require_running()
-    accel = host.host_accelerator()
+    accel = accelerator.host_accelerator()
     on_progress("up", f"accelerator: {accel.reason}")
     run_id = rundir.new_run_id(scenario)
     hostdevs = preflight_gpus(scenario, run_id)
@@ -487,7 +488,7 @@ def run_on(run: RunState, node: str, command: str, timeout: float = 300) -> proc
 
 def rendered(scenario: Scenario) -> str:
     """The Vagrantfile a run of this scenario would get, with placeholder run values."""
-    accel = host.host_accelerator()
+    accel = accelerator.host_accelerator()
     return render_vagrantfile(
         build_view(
             scenario,

@@ -10,8 +10,8 @@ from pathlib import Path
 import jinja2
 
 from harness import __version__, pci
+from harness.accelerator import Accelerator
 from harness.errors import HostError
-from harness.host import Accelerator
 from harness.paths import TEMPLATES_DIR
 from harness.provider import libvirt as lv
 from harness.spec import Node, Scenario

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from harness import cache, doctor, host, network, nodes, proc
+from harness import accelerator, cache, doctor, host, network, nodes, proc
 from harness.errors import HostError, ProviderError
 from harness.host import Check
 from harness.paths import SCENARIOS_DIR
@@ -66,7 +66,7 @@ def test_plan_run_makes_the_management_network_air_gapped(tmp_path: Path, monkey
     monkeypatch.setattr(network, "host_networks", lambda: [])
     sc = load_scenario("pair", [SCENARIOS_DIR])
     run = RunState("pair-abcdef", "pair", str(sc.source), str(tmp_path), os.getpid(), "creating")
-    accel = host.Accelerator("qemu", "custom", "qemu64", "TCG")
+    accel = accelerator.Accelerator("qemu", "custom", "qemu64", "TCG")
     nodes.plan_run(sc, run, accel)
     assert made["mgmt"]["nat"] is False and made["mgmt"]["dhcp"] is True
     assert made["priv"]["nat"] is False and not made["priv"].get("dhcp")

@@ -11,7 +11,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from harness import doctor, host, nodes, rundir
+from harness import accelerator, doctor, host, nodes, rundir
 from harness.errors import HostError, ProviderError
 from harness.provider import libvirt as lv
 from harness.spec import Scenario, load_scenario
@@ -131,7 +131,7 @@ def test_up_refuses_before_creating_anything(monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.setattr(rundir, name, lambda *a, _n=name: made.append(_n))
     monkeypatch.setattr(nodes, "preflight_gpus", lambda *a: made.append("gpus"))
     monkeypatch.setattr(nodes, "plan_run", lambda *a: made.append("networks"))
-    monkeypatch.setattr(host, "host_accelerator", lambda: made.append("accel"))
+    monkeypatch.setattr(accelerator, "host_accelerator", lambda: made.append("accel"))
 
     with pytest.raises(HostError, match=r"needs ~5 GiB in pool default \(/pool\), 2.0 GiB free"):
         nodes.up(scenario({"name": "n"}))

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import pytest
 
-from harness import host
+from harness import accelerator
 from harness.proc import CommandResult
 
 
@@ -15,7 +15,7 @@ def result(rc: int, out: str = "", err: str = "") -> CommandResult:
 
 
 def test_marker_means_usable() -> None:
-    assert host.judge_probe("kvm", result(0, host.PROBE_MARKER + "\r\n")).usable
+    assert accelerator.judge_probe("kvm", result(0, accelerator.PROBE_MARKER + "\r\n")).usable
 
 
 @pytest.mark.parametrize(
@@ -27,34 +27,34 @@ def test_marker_means_usable() -> None:
     ],
 )
 def test_crashes_and_missing_kvm_mean_unusable(err: str) -> None:
-    probe = host.judge_probe("kvm", result(1, "", err))
+    probe = accelerator.judge_probe("kvm", result(1, "", err))
     assert not probe.usable and probe.detail
 
 
 def test_timeout_without_marker_is_unusable() -> None:
-    assert not host.judge_probe("kvm", result(124, "SeaBIOS", "timed out")).usable
+    assert not accelerator.judge_probe("kvm", result(124, "SeaBIOS", "timed out")).usable
 
 
 def test_unusable_kvm_chooses_tcg_with_a_cpu_model_that_boots() -> None:
-    accel = host.choose_accelerator(host.AccelProbe("kvm", False, "crashed"))
+    accel = accelerator.choose_accelerator(accelerator.AccelProbe("kvm", False, "crashed"))
     assert (accel.driver, accel.cpu_mode, accel.cpu_model) == ("qemu", "custom", "qemu64")
     assert accel.is_tcg and "TCG" in accel.reason and "KVM cannot run ordinary guests" in accel.reason
 
 
 def test_usable_kvm_chooses_kvm_and_env_can_force_tcg() -> None:
-    ok = host.AccelProbe("kvm", True, "booted")
-    assert host.choose_accelerator(ok).driver == "kvm"
-    assert host.choose_accelerator(ok, "tcg").driver == "qemu"
+    ok = accelerator.AccelProbe("kvm", True, "booted")
+    assert accelerator.choose_accelerator(ok).driver == "kvm"
+    assert accelerator.choose_accelerator(ok, "tcg").driver == "qemu"
 
 
 def test_boot_sector_is_a_valid_mbr() -> None:
-    sector = host._boot_sector()
-    assert len(sector) == 512 and sector.endswith(b"\x55\xaa") and host.PROBE_MARKER.encode() in sector
+    sector = accelerator._boot_sector()
+    assert len(sector) == 512 and sector.endswith(b"\x55\xaa") and accelerator.PROBE_MARKER.encode() in sector
 
 
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 not installed")
 def test_probe_guest_really_boots_under_tcg() -> None:
-    assert host.probe_accel("tcg", timeout=30).usable
+    assert accelerator.probe_accel("tcg", timeout=30).usable
 
 
 ASSERTION = (
@@ -65,7 +65,7 @@ ASSERTION = (
 
 
 def test_qemu_assertion_is_said_in_words_and_kept_raw() -> None:
-    probe = host.judge_probe("kvm", result(-6, "", ASSERTION))
+    probe = accelerator.judge_probe("kvm", result(-6, "", ASSERTION))
     assert not probe.usable
     assert probe.detail == (
         "a test guest crashed under KVM (QEMU aborted setting CPU registers), so it cannot run ordinary guests"
@@ -81,7 +81,7 @@ def test_qemu_assertion_is_said_in_words_and_kept_raw() -> None:
 def test_kvm_internal_error_is_said_in_words_and_raw_starts_at_the_error() -> None:
     dump = "\n".join(f"EAX=0000000{i} EBX=00000000 ECX=00000000 EDX=00000000" for i in range(20))
     err = f"KVM internal error. Suberror: 1\nextra data[0]: 0x0000000000000000\nemulation failure\n{dump}\n"
-    probe = host.judge_probe("kvm", result(1, "", err))
+    probe = accelerator.judge_probe("kvm", result(1, "", err))
     assert "KVM could not emulate an instruction" in probe.detail and "EAX" not in probe.detail
     assert probe.raw.splitlines()[0] == "KVM internal error. Suberror: 1"
     assert len(probe.raw.splitlines()) == 8
@@ -97,27 +97,27 @@ def test_kvm_internal_error_is_said_in_words_and_raw_starts_at_the_error() -> No
     ],
 )
 def test_other_crashes_in_words(err: str, words: str) -> None:
-    probe = host.judge_probe("kvm", result(1, "", err))
+    probe = accelerator.judge_probe("kvm", result(1, "", err))
     assert probe.detail == f"a test guest crashed under KVM ({words}), so it cannot run ordinary guests"
     assert probe.raw == err.strip()
 
 
 def test_signal_without_output_and_timeout_in_words() -> None:
-    assert "(QEMU aborted)" in host.judge_probe("kvm", result(-6)).detail
-    assert "signal 11" in host.judge_probe("kvm", result(-11)).detail
-    late = host.judge_probe("kvm", result(124, "SeaBIOS (version 1.16.2)\n"))
+    assert "(QEMU aborted)" in accelerator.judge_probe("kvm", result(-6)).detail
+    assert "signal 11" in accelerator.judge_probe("kvm", result(-11)).detail
+    late = accelerator.judge_probe("kvm", result(124, "SeaBIOS (version 1.16.2)\n"))
     assert late.detail == "a test guest did not boot under KVM in time, so KVM is not used"
     assert late.raw == "SeaBIOS (version 1.16.2)"
-    assert host.judge_probe("tcg", result(124)).detail == "the test guest did not boot under tcg in time"
+    assert accelerator.judge_probe("tcg", result(124)).detail == "the test guest did not boot under tcg in time"
 
 
 def test_a_booted_guest_has_no_raw_output() -> None:
-    assert host.judge_probe("kvm", result(0, host.PROBE_MARKER + "\r\n")).raw == ""
+    assert accelerator.judge_probe("kvm", result(0, accelerator.PROBE_MARKER + "\r\n")).raw == ""
 
 
 def test_cached_probe_without_raw_still_loads() -> None:
     """kvm-probe.json files written before AccelProbe had `raw` load as before; new ones keep it."""
     old = json.loads('{"accel": "kvm", "usable": false, "detail": "crashed"}')
-    assert host.AccelProbe(**old) == host.AccelProbe("kvm", False, "crashed", "")
-    new = asdict(host.judge_probe("kvm", result(-6, "", ASSERTION)))
-    assert host.AccelProbe(**json.loads(json.dumps(new))).raw.endswith("failed.")
+    assert accelerator.AccelProbe(**old) == accelerator.AccelProbe("kvm", False, "crashed", "")
+    new = asdict(accelerator.judge_probe("kvm", result(-6, "", ASSERTION)))
+    assert accelerator.AccelProbe(**json.loads(json.dumps(new))).raw.endswith("failed.")

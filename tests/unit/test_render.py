@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.accelerator import TCG_TB_CACHE_MIB, Accelerator, tb_cache_setting
 from harness.errors import UsageError
-from harness.host import TCG_TB_CACHE_MIB, Accelerator, tb_cache_setting
 from harness.render import build_view, private_ips, render_vagrantfile
 from harness.spec import parse_scenario
 
