@@ -106,6 +106,12 @@ def test_libvirtd_restarted_during_up_is_a_clear_error_and_leaves_nothing(
 def test_a_node_powered_off_during_provision_fails_naming_it_and_tears_down(
     runs_dir: Path, tmp_path: Path, figure: Callable[[str, str], None]
 ) -> None:
+    if os.environ.get("HARNESS_NIGHTLY") != "1":
+        pytest.skip(
+            "nightly (3.5 min under TCG: a boot, the SSH keep-alive timeout, the bounded wait, teardown); "
+            "per-submission CI pauses a node mid-converge (test_unreachable.py); set HARNESS_NIGHTLY=1 to run it"
+        )
+
     def converging(d: Path) -> bool:
         return any("Hold the converge" in e.read_text() for e in d.glob("ansible/artifacts/*/job_events/*.json"))
 
