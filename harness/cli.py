@@ -20,7 +20,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from harness import __version__, lifecycle, nodes
+from harness import __version__, lifecycle, nodes, sweep
 from harness.cli_bundle import bundle_group
 from harness.cli_checkpoints import reset, snapshot
 from harness.cli_gpus import gpus
@@ -382,7 +382,7 @@ def destroy(scenario: str) -> None:
 @main.command()
 def gc() -> None:
     """Remove libvirt objects left by dead harness runs (never a live run's, never anything else)."""
-    result = nodes.gc()
+    result = sweep.gc()
     for run_id, what in result.removed.items():
         out.print(f"removed run {run_id}: {what}")
     if result.kept:

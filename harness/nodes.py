@@ -14,7 +14,6 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
@@ -35,6 +34,7 @@ from harness import (
     proc,
     rundir,
     ssh,
+    sweep,
 )
 from harness.errors import DestroyError, HarnessError, HostError, Interrupted, ProviderError
 from harness.provider import libvirt as lv
@@ -332,58 +332,6 @@ def up(scenario: Scenario, on_progress: ProgressFn = _noop, *, keep: bool = True
         raise
 
 
-# A sweep is done when libvirt shows nothing of the run this many times in a row, this far apart.
-QUIET_LISTINGS = 2
-QUIET_INTERVAL_S = 3.0
-SWEEP_DEADLINE_S = 90.0
-
-
-def sweep(
-    conn: libvirt.virConnect,
-    prefix: str,
-    *,
-    deadline_s: float = SWEEP_DEADLINE_S,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> lv.RunObjects:
-    """Remove everything named `prefix-*` until libvirt lists nothing of it QUIET_LISTINGS times in
-    a row, QUIET_INTERVAL_S apart: a call that a killed client had started (define a domain, create
-    a volume) can still complete after a first sweep. Returns what is left at the deadline."""
-    started, quiet = clock(), 0
-    while True:
-        left = lv.remove_run(conn, prefix)
-        quiet = quiet + 1 if left.empty() else 0
-        if quiet >= QUIET_LISTINGS:
-            return left
-        if clock() - started >= deadline_s:
-            return lv.run_objects(conn, prefix)
-        sleep(QUIET_INTERVAL_S)
-
-
-# How long teardown waits for libvirtd to answer again (a restart: its QEMU domains carry on).
-LIBVIRT_WAIT_S = 60.0
-
-
-def sweep_when_libvirt_answers(
-    prefix: str, wait_s: float = LIBVIRT_WAIT_S, sleep: Callable[[float], None] = time.sleep
-) -> lv.RunObjects:
-    """`sweep`, retried while libvirtd does not answer (restarting) for up to `wait_s`; ProviderError
-    after that, saying that libvirt is gone and `harness gc` removes the rest once it is back."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            with lv.connect() as conn:
-                return sweep(conn, prefix)
-        except (ProviderError, libvirt.libvirtError) as exc:
-            if time.monotonic() >= deadline:
-                raise ProviderError(
-                    f"libvirt did not answer for {wait_s:.0f}s while removing {prefix}-*: {exc}; "
-                    "once libvirtd runs again (`harness host setup` starts it), `harness gc` removes them"
-                ) from exc
-            log.info("libvirt does not answer (%s); trying again", exc)
-            sleep(2.0)
-
-
 def teardown(run: RunState, *, graceful: bool = True) -> None:
     """Remove the run's domains, volumes and networks and verify that nothing is left.
 
@@ -396,7 +344,7 @@ def teardown(run: RunState, *, graceful: bool = True) -> None:
         VagrantEnvironment(run.path, run.log_dir / "vagrant.log").destroy()
     kill_descendants()  # waits until the process tree is gone: no client of the run is left
     offline.unserve(run.run_id)
-    left = sweep_when_libvirt_answers(run.prefix)
+    left = sweep.sweep_when_libvirt_answers(run.prefix)
     if not left.empty():
         run.state = "failed"
         rundir.save(run)
@@ -415,53 +363,6 @@ def destroy(scenario: Scenario) -> RunState:
     run = rundir.require_active_run(scenario)
     teardown(run)
     return run
-
-
-@dataclass(frozen=True)
-class GcResult:
-    removed: dict[str, str]  # run id → what was removed
-    kept: list[str]  # live runs left alone
-
-
-def gc() -> GcResult:
-    """Remove what dead runs left behind (only objects named hx-<run id>-...), never live runs'."""
-    removed: dict[str, str] = {}
-    kept: list[str] = []
-    registry = rundir.registered_runs()
-    with lv.connect() as conn:
-        present = lv.run_ids_present(conn)
-        for run_id in sorted(present | set(registry)):
-            run = registry.get(run_id)
-            if run is not None and rundir.is_live(run):
-                kept.append(run_id)
-                continue
-            # First end what the dead run still has running (a Vagrant that would create domains
-            # after the sweep, ansible-playbook, pytest, SSH control masters), then sweep until
-            # libvirt stays empty.
-            strays = proc.processes_of_run(run_id)
-            stuck = proc.end_processes(strays)
-            objs = lv.run_objects(conn, f"hx-{run_id}")
-            if not objs.empty() or strays:
-                left = sweep(conn, f"hx-{run_id}")
-                if not left.empty() or stuck:
-                    stuck_text = f"; processes {', '.join(map(str, stuck))} do not end" if stuck else ""
-                    raise DestroyError(f"gc: could not remove {left.describe()} of dead run {run_id}{stuck_text}")
-                what = [objs.describe()] if not objs.empty() else []
-                what += [f"{len(strays)} process(es) it had left running"] if strays else []
-                removed[run_id] = "; ".join(what)
-            if run is not None and run.state != "destroyed":
-                run.state = "destroyed"
-                rundir.save(run)
-            rundir.forget(run_id)
-    for run_id in offline.gc(set(kept)):
-        removed[run_id] = (removed[run_id] + ", " if run_id in removed else "") + "served apt bundle"
-    lockdir = passthrough.default_lockdir()
-    for lock in passthrough.read_locks(lockdir):
-        holder = registry.get(lock.run_id)
-        if lock.run_id not in kept and not (holder is not None and rundir.is_live(holder)):
-            passthrough.release_locks(lockdir, lock.run_id)
-            removed.setdefault(lock.run_id, f"GPU lock {lock.address}")
-    return GcResult(removed, kept)
 
 
 def status(scenario: Scenario) -> tuple[RunState | None, list[lv.DomainStatus]]:

@@ -1,4 +1,5 @@
-"""Teardown's sweep: nothing of the run may appear after it says the run is gone."""
+"""Teardown's sweep and gc (harness.sweep): nothing of a run may appear after it is said to be gone;
+a libvirtd restart told from other failures of up (harness.nodes)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from harness import nodes, proc, rundir
+from harness import host, nodes, proc, rundir, sweep
 from harness.errors import ProviderError
 from harness.provider import libvirt as lv
 
@@ -43,7 +44,7 @@ def _sweep(monkeypatch: pytest.MonkeyPatch, fake: _Libvirt, deadline: float = 90
     def sleep(s: float) -> None:
         clock[0] += s
 
-    return nodes.sweep(None, "hx-r", deadline_s=deadline, clock=lambda: clock[0], sleep=sleep)
+    return sweep.sweep(None, "hx-r", deadline_s=deadline, clock=lambda: clock[0], sleep=sleep)
 
 
 def test_a_domain_defined_after_the_first_sweep_is_swept_too(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,9 +102,9 @@ def test_gc_ends_a_killed_runs_processes_then_sweeps_and_spares_the_live_run(
     monkeypatch.setattr(lv, "remove_run", fake.remove_run)
     monkeypatch.setattr(lv, "run_ids_present", lambda _conn: {"dead-abcdef", "live-fedcba"})
     monkeypatch.setattr(lv, "connect", contextlib.nullcontext)
-    monkeypatch.setattr(nodes, "QUIET_INTERVAL_S", 0.01)
+    monkeypatch.setattr(sweep, "QUIET_INTERVAL_S", 0.01)
     try:
-        result = nodes.gc()
+        result = sweep.gc()
         assert strays[dead.run_id].wait(timeout=5) is not None
         assert fake.present == {"hx-live-fedcba-node01"}
         assert result.kept == ["live-fedcba"] and "1 process(es)" in result.removed["dead-abcdef"]
@@ -126,8 +127,8 @@ def test_teardown_waits_for_a_restarting_libvirtd_then_sweeps(monkeypatch: pytes
         yield None
 
     monkeypatch.setattr(lv, "connect", connect)
-    monkeypatch.setattr(nodes, "sweep", lambda _conn, prefix: lv.RunObjects())
-    assert nodes.sweep_when_libvirt_answers("hx-r", wait_s=60, sleep=lambda _s: None).empty()
+    monkeypatch.setattr(sweep, "sweep", lambda _conn, prefix: lv.RunObjects())
+    assert sweep.sweep_when_libvirt_answers("hx-r", wait_s=60, sleep=lambda _s: None).empty()
     assert answers == []
 
 
@@ -137,7 +138,7 @@ def test_teardown_says_what_to_do_when_libvirtd_stays_away(monkeypatch: pytest.M
 
     monkeypatch.setattr(lv, "connect", connect)
     with pytest.raises(ProviderError, match="harness gc"):
-        nodes.sweep_when_libvirt_answers("hx-r", wait_s=0, sleep=lambda _s: None)
+        sweep.sweep_when_libvirt_answers("hx-r", wait_s=0, sleep=lambda _s: None)
 
 
 @pytest.mark.parametrize(
@@ -151,6 +152,6 @@ def test_teardown_says_what_to_do_when_libvirtd_stays_away(monkeypatch: pytest.M
 def test_a_libvirtd_restart_is_told_from_other_failures(
     monkeypatch: pytest.MonkeyPatch, pids: list[int | None], answers: list[bool], said: str | None
 ) -> None:
-    monkeypatch.setattr(nodes.host, "libvirtd_pid", lambda: pids.pop(0))
+    monkeypatch.setattr(host, "libvirtd_pid", lambda: pids.pop(0))
     monkeypatch.setattr(lv, "answers", lambda: answers.pop(0))
     assert nodes.libvirtd_restart(7, sleep=lambda _s: None) == said

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import nodes, rundir
+from harness import nodes, rundir, sweep
 from harness.provider import libvirt as lv
 
 from .conftest import assert_nothing_left, scenario
@@ -119,7 +119,7 @@ def test_gc_removes_only_dead_runs_objects(runs_dir: Path) -> None:
         lv.create_network(conn, f"{live_prefix}-priv", ipaddress.IPv4Network("10.251.2.0/24"), nat=False)
         lv.create_network(conn, foreign, ipaddress.IPv4Network("10.251.3.0/24"), nat=False)
     try:
-        result = nodes.gc()
+        result = sweep.gc()
         assert "gcdead-abcdef" in result.removed and "gclive-fedcba" in result.kept
         with lv.connect() as conn:
             names = {n.name() for n in conn.listAllNetworks()}
