@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from harness import lifecycle, report
+from harness import lifecycle, nodes, report
 from harness.errors import DestroyError, IdempotenceError, Interrupted, ProviderError, ProvisionError, VerifyError
 from harness.rundir import RunState
 from harness.spec import parse_scenario
@@ -108,3 +108,20 @@ def test_no_teardown_when_up_never_made_a_run(tmp_path: Path) -> None:
     rep = lifecycle.execute((failing_up, *steps[1:]), _ctx(tmp_path))
     assert ran == [] and rep.run_id == ""
     assert [p.status for p in rep.all_phases()] == ["failed", "skipped", "skipped", "skipped", "skipped"]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_up_is_told_whether_the_cluster_outlives_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: bool
+) -> None:
+    """A plain `run` holds its cluster (gc removes it once the harness is gone, even killed with
+    SIGKILL); `run --keep` keeps it."""
+    asked: list[bool] = []
+
+    def up(scenario: Any, on_progress: Any, *, keep: bool) -> RunState:
+        asked.append(keep)
+        return RunState("t-000001", "t", "s.yml", "/nonexistent", 1, "up", keep=keep)
+
+    monkeypatch.setattr(nodes, "up", up)
+    lifecycle.SEQUENCE[0].work(_ctx(tmp_path, keep=keep))
+    assert asked == [keep]
