@@ -32,13 +32,14 @@ from harness import (
     passthrough,
     phases,
     proc,
+    reach,
     rundir,
     ssh,
     sweep,
 )
 from harness.errors import DestroyError, HarnessError, HostError, Interrupted, ProviderError
 from harness.provider import libvirt as lv
-from harness.render import build_view, private_ips, render_vagrantfile
+from harness.render import BOOT_TIMEOUT_S, MAX_BOOT_TIMEOUT_S, build_view, private_ips, render_vagrantfile
 from harness.rundir import RunState
 from harness.spec import Node, Scenario
 from harness.vagrant import VagrantEnvironment, kill_descendants
@@ -169,6 +170,7 @@ def plan_run(
         private_subnet=private,
         hostdevs=hostdevs,
         box_version=box_version,
+        boot_timeout=reach.connect_timeout(BOOT_TIMEOUT_S, cap=MAX_BOOT_TIMEOUT_S),
     )
     text = render_vagrantfile(view)
     (run.path / "Vagrantfile").write_text(text)

@@ -31,9 +31,11 @@ def load_factor(load: float | None = None, cpus: int | None = None) -> float:
     return max(1.0, load / (cpus or os.cpu_count() or 1))
 
 
-def connect_timeout(quiet_s: float, load: float | None = None, cpus: int | None = None) -> int:
-    """A connect timeout of `quiet_s` on a quiet host, stretched by the load factor, at most 300 s."""
-    return int(min(MAX_CONNECT_TIMEOUT_S, max(quiet_s, quiet_s * load_factor(load, cpus))))
+def connect_timeout(
+    quiet_s: float, load: float | None = None, cpus: int | None = None, cap: float = MAX_CONNECT_TIMEOUT_S
+) -> int:
+    """A timeout of `quiet_s` on a quiet host, stretched by the load factor, at most `cap`."""
+    return int(min(cap, max(quiet_s, quiet_s * load_factor(load, cpus))))
 
 
 def ssh_wait_seconds() -> float:

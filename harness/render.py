@@ -16,6 +16,11 @@ from harness.paths import TEMPLATES_DIR
 from harness.provider import libvirt as lv
 from harness.spec import Node, Scenario
 
+# Vagrant's wait for a booting node's SSH on a quiet host; `up` stretches it with the host's load
+# (reach.connect_timeout): 14 TCG VMs booting on 2 cores took longer than 10 minutes.
+BOOT_TIMEOUT_S = 600
+MAX_BOOT_TIMEOUT_S = 2400
+
 
 @dataclass(frozen=True)
 class PciFunction:
@@ -76,7 +81,7 @@ class RunView:
     pool: str = lv.POOL
     uri: str = lv.URI
     synced_folders: bool = False
-    boot_timeout: int = 600
+    boot_timeout: int = 600  # Vagrant's wait for a node's SSH (BOOT_TIMEOUT_S, stretched with the host's load)
     harness_version: str = __version__
 
     @property
@@ -112,6 +117,7 @@ def build_view(
     private_subnet: ipaddress.IPv4Network,
     hostdevs: Mapping[str, Sequence[str]] | None = None,
     box_version: str | None = None,
+    boot_timeout: int = BOOT_TIMEOUT_S,
 ) -> VagrantfileView:
     nodes = scenario.expanded_nodes()
     ips = private_ips(private_subnet, nodes)
@@ -134,6 +140,7 @@ def build_view(
         private_subnet=str(private_subnet),
         run_dir=str(run_dir),
         synced_folders=scenario.synced_folders,
+        boot_timeout=boot_timeout,
     )
     views = tuple(
         NodeView(

@@ -100,6 +100,18 @@ LABEL debian
 BOOT
 systemctl enable serial-getty@ttyS0.service
 
+# Boot on a loaded host. systemd gives a device 90 s to appear and a service 90 s to start; a TCG
+# guest on a host with many VMs per core gets a fraction of a core, and then generating the SSH host
+# keys (ssh.service) outlived its 90 s, was killed, started again from scratch, and sshd never came
+# up (14 VMs on 2 cores). The harness bounds the whole boot itself (Vagrant's boot_timeout, stretched
+# with the host's load), so units here wait as long as it takes.
+mkdir -p /etc/systemd/system.conf.d
+cat > /etc/systemd/system.conf.d/10-harness-loaded-host.conf <<'CONF'
+[Manager]
+DefaultTimeoutStartSec=20min
+DefaultDeviceTimeoutSec=20min
+CONF
+
 # Boot faster under TCG: no periodic jobs or filesystem scrubs in a throwaway test VM.
 for unit in e2scrub_reap.service e2scrub_all.timer apt-daily.timer apt-daily-upgrade.timer fstrim.timer; do
   systemctl mask "$unit"
