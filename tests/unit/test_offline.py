@@ -193,3 +193,21 @@ def test_the_probe_asks_the_cache_for_the_runs_inrelease(served: tuple[str, int]
     assert offline.probe("run-1", b"signed", served) is None
     assert "instead of the bundle's InRelease" in (offline.probe("run-1", b"other", served) or "")
     assert "404" in (offline.probe("run-2", b"signed", served) or "")
+
+
+def test_a_record_that_cannot_be_made_is_said_never_a_failed_run(tmp_path: Path) -> None:
+    run = RunState("smoke-1", "smoke", "s.yml", str(tmp_path), 1, "up", nodes=["mgmt01"])  # no ssh_config
+    said: list[str] = []
+    assert node_packages.record_after_green(run, "smoke", "", said.append) is None
+    assert said and said[0].startswith("could not record the installed packages")
+    node_packages.baseline_after_up(run, said.append)
+    assert said[-1].startswith("could not list the box's packages")
+    assert not (tmp_path / node_packages.RECORD_FILE).exists()
+
+
+def test_the_record_is_copied_into_the_report_directory(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    assert node_packages.copy_record(tmp_path / "run", tmp_path / "report") is None
+    (tmp_path / "run" / node_packages.RECORD_FILE).write_text("{}")
+    assert node_packages.copy_record(tmp_path / "run", tmp_path / "report") == tmp_path / "report" / "packages.json"
+    assert node_packages.copy_record(tmp_path / "run", tmp_path / "run") == tmp_path / "run" / "packages.json"
