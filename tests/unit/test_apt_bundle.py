@@ -253,3 +253,37 @@ def test_validate_checks_an_offline_scenarios_bundle(copy: Path, tmp_path: Path)
     (copy / apt_bundle.INRELEASE).write_text("not signed")
     bad = CliRunner().invoke(main, ["validate", str(scenario)])
     assert bad.exit_code == 2 and "InRelease: bad signature" in bad.output, bad.output
+
+
+def _apt(tmp_path: Path, bundle_dir: Path, key: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """apt-get/apt-cache with a private configuration whose one source is the bundle (file: URI)."""
+    etc = tmp_path / "etc"
+    for d in (etc / "sources.list.d", etc / "preferences.d", etc / "apt.conf.d", tmp_path / "lists" / "partial"):
+        d.mkdir(parents=True, exist_ok=True)
+    (etc / "sources.list").write_text("")
+    (etc / "sources.list.d" / "bundle.sources").write_text(
+        f"Types: deb\nURIs: file:{bundle_dir}/\nSuites: ./\nSigned-By: {key}\n"
+    )
+    opts = [
+        f"-oDir::Etc={etc}",
+        f"-oDir::State::Lists={tmp_path / 'lists'}",
+        f"-oDir::Cache={tmp_path / 'cache'}",
+        "-oDir::State::status=/dev/null",
+        "-oDebug::NoLocking=1",
+        "-oAPT::Sandbox::User=root",
+    ]
+    return subprocess.run([argv[0], *opts, *argv[1:]], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(tools.which("apt-get") is None, reason="needs apt")
+def test_apt_itself_takes_the_bundle_as_its_only_source(copy: Path, tmp_path: Path) -> None:
+    update = _apt(tmp_path, copy, copy / apt_bundle.KEY, "apt-get", "update", "--error-on=any")
+    assert update.returncode == 0, update.stdout + update.stderr
+    policy = _apt(tmp_path, copy, copy / apt_bundle.KEY, "apt-cache", "policy", "hx-alpha", "hx-beta")
+    assert "Candidate: 1.0-1" in policy.stdout and "Candidate: 2.3+deb12u1" in policy.stdout, policy.stdout
+    # Signed by another key than the one apt is given: apt refuses the repository.
+    other = tmp_path / "other"
+    shutil.copytree(copy, other)
+    apt_bundle_build.sign(other, "another key")
+    refused = _apt(tmp_path / "refused", copy, other / apt_bundle.KEY, "apt-get", "update", "--error-on=any")
+    assert refused.returncode != 0 and "NO_PUBKEY" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
