@@ -90,7 +90,10 @@ def _timed(name: str, fn: Callable[[], object]) -> report.PhaseResult:
     except Interrupted:
         raise
     except HarnessError as exc:
-        return report.PhaseResult(name, "failed", time.monotonic() - started, [report.Failure(name, str(exc))])
+        failure = [report.Failure(name, str(exc))]
+        if isinstance(exc, UnreachableError):  # infrastructure, not a verdict: its own status
+            return report.PhaseResult(name, "unreachable", time.monotonic() - started, failure)
+        return report.PhaseResult(name, "failed", time.monotonic() - started, failure)
     return report.PhaseResult(name, "passed", time.monotonic() - started)
 
 

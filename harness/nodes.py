@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
@@ -37,7 +38,7 @@ from harness import (
     ssh,
     sweep,
 )
-from harness.errors import DestroyError, HarnessError, HostError, Interrupted, ProviderError
+from harness.errors import DestroyError, HarnessError, HostError, Interrupted, ProviderError, UnreachableError
 from harness.provider import libvirt as lv
 from harness.render import BOOT_TIMEOUT_S, MAX_BOOT_TIMEOUT_S, build_view, private_ips, render_vagrantfile
 from harness.rundir import RunState
@@ -148,6 +149,7 @@ def plan_run(
     accel: accelerator.Accelerator,
     hostdevs: dict[str, list[str]] | None = None,
     box_version: str | None = None,
+    boot_timeout: int = BOOT_TIMEOUT_S,
 ) -> str:
     """Choose the run's subnets, create its libvirt networks and render its Vagrantfile."""
     with network.network_lock(), lv.connect() as conn:
@@ -170,7 +172,7 @@ def plan_run(
         private_subnet=private,
         hostdevs=hostdevs,
         box_version=box_version,
-        boot_timeout=reach.connect_timeout(BOOT_TIMEOUT_S, cap=MAX_BOOT_TIMEOUT_S),
+        boot_timeout=boot_timeout,
     )
     text = render_vagrantfile(view)
     (run.path / "Vagrantfile").write_text(text)
@@ -254,6 +256,31 @@ def point_apt_at_cache(run: RunState) -> None:
         raise ProviderError(f"cannot write {cache.APT_PROXY_CONF} on every node: " + "; ".join(failed))
 
 
+def boot_timeout_message(run: RunState, silent: list[str], boot_timeout: int) -> str:
+    """Why `up` gave up on nodes that never answered SSH: which, how long, how loaded the host was,
+    and what their serial consoles said last (a service that failed to start, a device timing out)."""
+    lines = [
+        f"{', '.join(silent)} did not answer SSH within Vagrant's boot timeout of {boot_timeout} s "
+        f"(host load {reach.load_factor():.1f} runnable per core): an infrastructure failure, not the scenario's. "
+        "Run it again on a quieter host, or with fewer clusters beside it."
+    ]
+    for node in silent:
+        console = run.path / f"console-{node}.log"
+        try:
+            text = _ANSI.sub("", console.read_text(errors="replace")).replace("\r", "")
+        except OSError:
+            continue
+        said = [ln.strip() for ln in text.splitlines() if _CONSOLE_TROUBLE.search(ln)]
+        if said:
+            lines.append(f"  {node} console ({console}): " + " | ".join(list(dict.fromkeys(said))[-4:]))
+    return "\n".join(lines)
+
+
+# Colour codes, also those whose escape character systemd's shortening (…) cut off.
+_ANSI = re.compile(r"\x1b?\[[0-9;]*m|\x1b?\[[0-9;]*(?=…)|\x1b\[[0-9;]*[A-Za-z]")
+_CONSOLE_TROUBLE = re.compile(r"FAILED|Timed out|DEPEND|panic|Emergency", re.I)
+
+
 def libvirtd_restart(
     before: int | None, wait_s: float = 30.0, sleep: Callable[[float], None] = time.sleep
 ) -> str | None:
@@ -293,7 +320,8 @@ def up(scenario: Scenario, on_progress: ProgressFn = _noop, *, keep: bool = True
     on_progress("up", f"run {run.run_id} in {run.path}")
     libvirtd = host.libvirtd_pid()
     try:
-        plan_run(scenario, run, accel, hostdevs, box_version)
+        boot_timeout = reach.connect_timeout(BOOT_TIMEOUT_S, cap=MAX_BOOT_TIMEOUT_S)
+        plan_run(scenario, run, accel, hostdevs, box_version, boot_timeout)
         on_progress("up", f"networks: management {run.mgmt_subnet}, private {run.private_subnet}")
         if box_version is not None:  # Vagrant's own copy into the pool races with other runs
             box_volume.ensure(scenario.box, box_version, lambda msg: on_progress("up", msg))
@@ -306,6 +334,9 @@ def up(scenario: Scenario, on_progress: ProgressFn = _noop, *, keep: bool = True
                     f"libvirtd restarted during up ({restart}): Vagrant lost its connection to libvirt, so the "
                     f"run is torn down; run it again. {exc}"
                 ) from exc
+            silent = VagrantEnvironment(run.path, run.log_dir / "vagrant.log").not_booted(run.nodes)
+            if silent:
+                raise UnreachableError(boot_timeout_message(run, silent, boot_timeout)) from exc
             raise
         if accel.is_tcg and accel.tb_cache_mib:
             on_progress("up", describe_tb_caches(run, accel.tb_cache_mib))

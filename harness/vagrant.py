@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# What Vagrant says when a node did not answer SSH within config.vm.boot_timeout, and for each node
+# that did.
+BOOT_TIMED_OUT = "Timed out while waiting for the machine to boot"
+_BOOTED = re.compile(r"^(?:==> )?\s*([A-Za-z0-9_.-]+): Machine booted and ready!", re.M)
+
 _NODE_LINE = re.compile(r"^==> (?P<node>[\w.-]+): (?P<msg>.*)$")
 # Lines that are true for Vagrant in general but wrong for the harness's boxes: kept in the log,
 # never shown as progress. Each entry is matched against the start of a node's message.
@@ -138,6 +143,18 @@ class VagrantEnvironment:
             log.warning("`vagrant destroy` failed; removing the run's libvirt objects directly (see %s)", self.log_path)
             return False
         return True
+
+    def not_booted(self, nodes: list[str]) -> list[str]:
+        """After a failed `up`: the nodes Vagrant gave up waiting for (its boot timeout), or [] when
+        the failure was something else."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        if BOOT_TIMED_OUT not in text:
+            return []
+        booted = {m.group(1) for m in _BOOTED.finditer(text)}
+        return [n for n in nodes if n not in booted]
 
     def _tail(self, lines: int = 12) -> str:
         """The end of the log: the error itself, without Ruby's backtrace lines or repeats."""

@@ -70,3 +70,32 @@ def test_a_failed_vagrant_says_its_error_not_rubys_backtrace(tmp_path: Path) -> 
     tail = vagrant.VagrantEnvironment(tmp_path, log)._tail()
     assert error in tail and tail.count(error) == 1 and "Starting domain" in tail
     assert "rubygems-integration" not in tail
+
+
+FIX = Path(__file__).parent.parent / "fixtures" / "vagrant"
+
+
+def test_nodes_vagrant_gave_up_on_are_named_from_its_log(tmp_path: Path) -> None:
+    """Recorded: slurm's up beside 10 other TCG VMs on 2 cores; login01 booted, the rest timed out."""
+    log = tmp_path / "vagrant.log"
+    log.write_text((FIX / "boot-timeout.log").read_text())
+    env = vagrant.VagrantEnvironment(tmp_path, log)
+    assert env.not_booted(["login01", "mgmt01", "gpu01", "gpu02"]) == ["mgmt01", "gpu01", "gpu02"]
+    log.write_text("==> mgmt01: Machine booted and ready!\nAn error occurred while executing the action\n")
+    assert env.not_booted(["mgmt01", "gpu01"]) == []  # another failure: not a boot timeout
+
+
+def test_a_boot_timeout_names_the_nodes_the_load_and_what_their_consoles_said(tmp_path: Path) -> None:
+    from harness import nodes
+    from harness.rundir import RunState
+
+    run = RunState("slurm-abcdef", "slurm", "/s.yml", str(tmp_path), 1, "creating")
+    (tmp_path / "console-gpu01.log").write_bytes((FIX / "console-boot-timeout.log").read_bytes())
+    message = nodes.boot_timeout_message(run, ["gpu01", "gpu02"], 600)
+    first = message.splitlines()[0]
+    assert first.startswith("gpu01, gpu02 did not answer SSH within Vagrant's boot timeout of 600 s (host load ")
+    assert "infrastructure" in first
+    console = message.splitlines()[1]
+    assert console.startswith("  gpu01 console (")
+    assert "Timed out waiting for device" in console and "Failed to start ssh.servic" in console
+    assert "\x1b" not in message and len(message.splitlines()) == 2  # gpu02 left no console
