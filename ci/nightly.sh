@@ -7,7 +7,9 @@
 # - the VM tests marked nightly (HARNESS_NIGHTLY=1): six interrupted ups on a slow libvirt
 #   (tests/vm/test_interrupts.py) and a node that stays silent (test_unreachable.py, about 8 min),
 #   and an offline smoke run from an apt bundle that lacks chrony, which must fail provision naming
-#   it (test_smoke_offline.py; the offline run that passes is per-submission);
+#   it (test_smoke_offline.py; the offline run that passes is per-submission), a node powered off
+#   mid-converge (test_faults.py, 3.5 min: exit 15 naming it, teardown complete) and two smoke runs at
+#   once (test_faults.py, duration not measured yet: both pass, apart);
 # - the slurm cluster under load: with a second cluster (cluster3, three busy nodes) running beside
 #   it on the same host, the way a shared nightly host is loaded. A slow or briefly unreachable node
 #   must be retried, never blamed on the roles (README "Unreachable nodes").
