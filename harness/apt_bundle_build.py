@@ -210,11 +210,8 @@ def _staging(output: Path) -> Path:
 def build_from_record(
     record: PackageRecord, output: Path, *, fetcher: Callable[[Sequence[Installed], Path], int] = fetch
 ) -> apt_bundle.AptBundle:
-    """The bundle of a record's packages, built beside `output` and moved there when it checks out."""
-    if not record.packages:
-        raise UsageError(
-            f"run {record.run_id} of {record.scenario} installed no package beyond the box: nothing to bundle"
-        )
+    """The bundle of a record's packages, built beside `output` and moved there when it checks out
+    (no packages: an empty repository, which apt reads as one with nothing in it)."""
     staging = _staging(output)
     try:
         os.chmod(staging, 0o755)
@@ -244,6 +241,8 @@ def build(scenario: Scenario, output: Path, report_dir: Path | None = None) -> B
             f"run {record.run_id} rehearsed other content ({record.content_digest[:16]}) than the scenario has now "
             f"({current[:16]}): run it again for a bundle of what it installs now"
         )
+    if not record.packages:
+        notes.append(f"run {record.run_id} installed nothing beyond the box: the bundle is an empty repository")
     built = build_from_record(record, output)
     size = sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
     return BuildResult(built, path, time.monotonic() - started, size, notes)

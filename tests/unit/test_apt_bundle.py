@@ -5,6 +5,7 @@ manifest that disagrees with Packages. The .deb files come from a fake cache on 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import shutil
@@ -287,3 +288,16 @@ def test_apt_itself_takes_the_bundle_as_its_only_source(copy: Path, tmp_path: Pa
     apt_bundle_build.sign(other, "another key")
     refused = _apt(tmp_path / "refused", copy, other / apt_bundle.KEY, "apt-get", "update", "--error-on=any")
     assert refused.returncode != 0 and "NO_PUBKEY" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
+
+
+def test_a_record_of_nothing_beyond_the_box_is_an_empty_repository_apt_reads(
+    debs: dict[str, Path], tmp_path: Path
+) -> None:
+    empty = apt_bundle_build.build_from_record(dataclasses.replace(_record(debs), packages=[]), tmp_path / "empty")
+    assert empty.manifest.packages == [] and not list((tmp_path / "empty" / apt_bundle.POOL).iterdir())
+    update = _apt(tmp_path / "apt", tmp_path / "empty", tmp_path / "empty" / apt_bundle.KEY, "apt-get", "update")
+    assert update.returncode == 0, update.stdout + update.stderr
+    policy = _apt(
+        tmp_path / "apt", tmp_path / "empty", tmp_path / "empty" / apt_bundle.KEY, "apt-cache", "policy", "hx-alpha"
+    )
+    assert "Candidate" not in policy.stdout, policy.stdout
