@@ -12,7 +12,8 @@
 #   once (test_faults.py, duration not measured yet: both pass, apart);
 # - the slurm cluster under load: with a second cluster (cluster3, three busy nodes) running beside
 #   it on the same host, the way a shared nightly host is loaded. A slow or briefly unreachable node
-#   must be retried, never blamed on the roles (README "Unreachable nodes").
+#   must be retried, never blamed on the roles (README "Unreachable nodes"). Measured 2026-12-06,
+#   beside 2-6 other TCG VMs (load median 7.2, max 16.8): 48.5 min from nothing to green.
 # On a KVM host they are far faster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
