@@ -131,10 +131,8 @@ def run_playbook(opts: ProvisionOptions, on_progress: Callable[[Progress], None]
     log_path = artifact_dir / "stdout"
     secrets = secret_values(opts.extra_vars)
     log.info("running %s (ident %s), log: %s", playbook.name, opts.ident, log_path)
-    log.info(
-        "connection timeout %s s (host load %.1f per core)", reach.connect_timeout(ANSIBLE_CONNECT_TIMEOUT_S),
-        reach.load_factor(),
-    )
+    envvars = _envvars(opts)
+    log.info("connection timeout %s s (host load %.1f per core)", envvars["ANSIBLE_TIMEOUT"], reach.load_factor())
     log.debug("extra vars (secrets dropped): %s", json.dumps(redact(opts.extra_vars), default=str))
 
     tools.find("ansible-playbook")  # HostError saying what installs it; envvars' PATH finds it
@@ -163,7 +161,7 @@ def run_playbook(opts: ProvisionOptions, on_progress: Callable[[Progress], None]
             inventory=str(opts.inventory.resolve()),
             ident=opts.ident,
             extravars=dict(opts.extra_vars),
-            envvars=_envvars(opts),
+            envvars=envvars,
             cmdline="--check --diff" if opts.check else None,
             limit=opts.limit,
             event_handler=handle,
