@@ -1,17 +1,20 @@
-"""Air-gapped by default: a node has no route beyond the host, reaches Debian's package host only
-through the host's package cache, and `apt-get update` works through it."""
+"""A 2-node cluster (pair) on real VMs: it comes up, answers over SSH with its own identities, talks on
+its private network and goes away without a trace. Air-gapped by default: a node has no route beyond
+the host, reaches Debian's package host only through the host's package cache, and `apt-get update`
+works through it. (One boot for both: the lifecycle checks used to boot a pair of their own.)"""
 
 from __future__ import annotations
 
 import ipaddress
 import shlex
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from harness import cache, nodes
+from harness import cache, nodes, rundir
 from harness.provider import libvirt as lv
 from harness.rundir import RunState
 
@@ -22,14 +25,49 @@ pytestmark = pytest.mark.vm
 RELEASE_PATH = "/debian/dists/bookworm/Release"
 
 
+UP_SECONDS: dict[str, float] = {}
+
+
 @pytest.fixture(scope="module")
 def cluster(runs_dir: Path) -> Iterator[RunState]:
+    started = time.monotonic()
     run = nodes.up(scenario("pair"))
+    UP_SECONDS["pair"] = time.monotonic() - started
     try:
         yield run
     finally:
         nodes.teardown(run)
         assert_nothing_left(run)
+        assert rundir.load(run.path).state == "destroyed"
+
+
+def test_pair_up_ssh_private_network(cluster: RunState, figure: Callable[[str, str], None]) -> None:
+    run = cluster
+    figure("2-node up (pair)", f"{UP_SECONDS['pair']:.0f} s")
+    assert run.state == "up" and run.nodes == ["mgmt01", "gpu01"]
+    t0 = time.monotonic()
+    _, doms = nodes.status(scenario("pair"))
+    figure("status query (libvirt)", f"{time.monotonic() - t0:.3f} s")
+    assert [(d.name, d.state) for d in doms] == [
+        (f"{run.prefix}-gpu01", "running"),
+        (f"{run.prefix}-mgmt01", "running"),
+    ]
+    ids = {}
+    for node in run.nodes:
+        res = nodes.run_on(run, node, "hostname; cat /etc/machine-id; ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub")
+        assert res.ok, res.describe()
+        name, machine_id, hostkey = res.stdout.splitlines()
+        assert name == node
+        ids[node] = (machine_id, hostkey.split()[1])
+    assert ids["mgmt01"][0] != ids["gpu01"][0], "nodes share a machine-id"
+    assert ids["mgmt01"][1] != ids["gpu01"][1], "nodes share SSH host keys"
+    for src, dst in (("mgmt01", "gpu01"), ("gpu01", "mgmt01")):
+        res = nodes.run_on(run, src, f"ping -c2 -W5 {run.private_ips[dst]}")
+        assert res.ok, f"{src} cannot reach {dst} on the private network: {res.describe()}"
+    # The cluster key replaced Vagrant's keys: the run's ssh_config names it and nothing else.
+    cfg = run.ssh_config.read_text()
+    assert f"IdentityFile {run.path / 'ssh' / 'id_ed25519'}" in cfg and "insecure_private_key" not in cfg
+    assert (run.path / "Vagrantfile").is_file() and (run.log_dir / "vagrant.log").is_file()
 
 
 def _python(code: str) -> str:

@@ -1,11 +1,12 @@
 """`harness run slurm` end to end on four VMs: NFS, munge, Slurm, Lmod and Prometheus converge,
 converge again with no change, and every cluster test passes with none skipped; then the host
-memory of the four VMs is read, a selected rerun of the tests works on the kept cluster, and
-destroy leaves nothing. Each phase's time is reported as a measured figure."""
+memory of the four VMs is read, a selected rerun of the tests works on the kept cluster (nightly),
+and destroy leaves nothing. Each phase's time is reported as a measured figure."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,10 +68,12 @@ def test_run_slurm_converges_twice_and_every_cluster_test_passes(
         assert len(status["nodes"]) == 4 and all(n["state"] == "running" for n in status["nodes"])
         figure("slurm host memory of the 4 VMs (QEMU RSS)", f"{status['host_rss_mib_total']} MiB")
 
-        t0 = time.monotonic()
-        rerun = harness(runs_dir, "verify", "slurm", "-k", "munge", timeout=900)
-        figure("slurm verify -k munge on the kept cluster", f"{time.monotonic() - t0:.1f} s")
-        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        if os.environ.get("HARNESS_NIGHTLY") == "1":
+            # Per-submission CI leaves this out (44 s): test_smoke.py reruns verify on a kept cluster.
+            t0 = time.monotonic()
+            rerun = harness(runs_dir, "verify", "slurm", "-k", "munge", timeout=900)
+            figure("slurm verify -k munge on the kept cluster", f"{time.monotonic() - t0:.1f} s")
+            assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     finally:
         destroyed = harness(runs_dir, "destroy", "slurm", timeout=600)
     assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr

@@ -1,6 +1,6 @@
 """Offline runs end to end: `harness bundle build smoke` from a green smoke run, then `harness run` of
-smoke with `offline: {bundle: ...}` passes (converge, idempotence, verify) with the bundle as the
-nodes' only package source and no proxy. Nightly, on the same kept cluster reset to `booted`, a
+smoke with `offline: {bundle: ...}` passes (converge, verify; idempotence too in the nightly target)
+with the bundle as the nodes' only package source and no proxy. Nightly, on the same kept cluster reset to `booted`, a
 bundle without chrony (which roles/common installs) fails provision, and the report names chrony.
 
 The green smoke run comes from this session when test_smoke.py ran first (its run directory holds
@@ -30,6 +30,7 @@ pytestmark = pytest.mark.vm
 
 MISSING = "chrony"  # a package roles/common installs on every node
 NAME = "smoke-offline"
+NIGHTLY = os.environ.get("HARNESS_NIGHTLY") == "1"
 
 
 @dataclass(frozen=True)
@@ -106,11 +107,16 @@ def test_offline_smoke_passes_from_its_bundle_alone(
     scenario = _write_scenario(offline.scenario, bundle)
     reports = offline.tmp / "offline"
     started = time.monotonic()
-    proc = harness(runs_dir, "run", str(scenario), "--keep", "--report-dir", str(reports))
+    # Per-submission CI leaves the second converge out (about a minute); the nightly target runs it.
+    extra = [] if NIGHTLY else ["--skip-idempotence"]
+    proc = harness(runs_dir, "run", str(scenario), "--keep", "--report-dir", str(reports), *extra)
     figure("offline smoke run from the bundle (up to verify, kept)", f"{time.monotonic() - started:.0f} s")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     phases = _summary(reports)["phases"]
     for name in ("up", "provision", "idempotence", "verify"):
+        if name == "idempotence" and not NIGHTLY:
+            assert phases[name]["status"] == "skipped", (name, phases[name])
+            continue
         assert phases[name]["status"] == "passed", (name, phases[name])
     for node in ("mgmt01", "gpu01"):
         # No proxy; the bundle is the one source, signed by its key.
