@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness import accelerator, cache, capabilities, host, nodes, tools
+from harness import accelerator, cache, capabilities, host, preflight, tools
 from harness.host import Check, DoctorReport
 from harness.spec import Scenario
 
@@ -49,7 +49,7 @@ def run_doctor(scenario: Scenario | None = None) -> DoctorReport:
             "" if avail >= need else "free memory or shrink the scenario's nodes",
         )
     )
-    checks.append(disk_check(scenario, *nodes.pool_free_gib()))
+    checks.append(disk_check(scenario, *preflight.pool_free_gib()))
     groups = host.iommu_groups()
     checks.append(
         Check(
@@ -88,15 +88,15 @@ def _cache_check(checks: list[Check]) -> None:
 
 def disk_check(scenario: Scenario | None, free_gib: float, pool_path: str) -> Check:
     """The storage pool's free space against what the scenario (or 3 default nodes) fills, by the
-    rule `harness up` refuses a scenario with (nodes.DISK_RULE)."""
+    rule `harness up` refuses a scenario with (preflight.DISK_RULE)."""
     from harness.provider import libvirt as lv
 
     sc = scenario or Scenario.model_validate({"name": "default", "nodes": [{"name": "node", "count": 3}]})
-    need = nodes.disk_need_gib(sc.expanded_nodes())
+    need = preflight.disk_need_gib(sc.expanded_nodes())
     what = f"scenario {sc.name}" if scenario else "a 3-node cluster of default nodes"
     ok = free_gib >= need
     detail = f"{free_gib:.1f} GiB free in pool {lv.POOL} ({pool_path}), ~{need:.0f} GiB needed for {what}"
-    return Check("disk", ok, detail, "" if ok else f"free space or lower nodes[*].disk ({nodes.DISK_RULE})")
+    return Check("disk", ok, detail, "" if ok else f"free space or lower nodes[*].disk ({preflight.DISK_RULE})")
 
 
 def _passthrough_checks(checks: list[Check]) -> None:

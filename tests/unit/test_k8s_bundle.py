@@ -10,7 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from harness import bundle, k8s_bundle, lifecycle, nodes, playbook
+from harness import bundle, k8s_bundle, lifecycle, playbook, preflight
 from harness.cli import main
 from harness.errors import HostError, SpecError
 from harness.spec import Scenario, parse_scenario
@@ -284,7 +284,7 @@ def test_run_and_up_without_a_bundle_exit_3_before_creating_anything(
     def must_not_be_called(*_args: object) -> None:
         raise AssertionError("nothing may be created or probed before the bundle check")
 
-    monkeypatch.setattr(nodes, "check_box", must_not_be_called)
+    monkeypatch.setattr(preflight, "check_box", must_not_be_called)
     monkeypatch.setattr(playbook, "syntax_check", must_not_be_called)
     res = CliRunner().invoke(main, [command, str(ROOT / "scenarios" / "k8s" / "scenario.yml")])
     assert res.exit_code == 3, res.output
