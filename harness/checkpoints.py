@@ -21,7 +21,7 @@ from xml.sax.saxutils import escape, unescape
 
 import libvirt
 
-from harness import proc, reach
+from harness import clock, reach
 from harness.errors import ProviderError, UsageError
 from harness.provider import libvirt as lv
 from harness.rundir import RunState
@@ -134,15 +134,19 @@ class ResetResult:
 
 
 def _step_clock(run: RunState, node: str) -> float:
-    """Set the node's clock to the host's; the remaining difference in seconds."""
-    argv = ["ssh", "-F", str(run.ssh_config), node, f"sudo date -u -s @{time.time():.3f} >/dev/null && date +%s.%N"]
-    result = proc.run(argv, timeout=60)
-    if not result.ok:
-        raise ProviderError(f"cannot set the clock of {node} after the reset: {result.describe()}")
+    """Set the node's clock to the host's (harness.clock); the remaining difference in seconds."""
     try:
-        return abs(float(result.stdout.strip()) - time.time())
-    except ValueError:
-        return float("nan")
+        result = clock.sync(["ssh", "-F", str(run.ssh_config), node], timeout=120)
+    except ProviderError as exc:
+        raise ProviderError(f"cannot set the clock of {node} after the reset: {exc}") from exc
+    log.debug(
+        "%s: clock %+.3f s off, then %+.3f s (round trip %.3f s)",
+        node,
+        result.before_s,
+        result.after_s,
+        result.rtt_s,
+    )
+    return abs(result.after_s)
 
 
 def reset(run: RunState, name: str, on_progress: Callable[[str], None] | None = None) -> ResetResult:
