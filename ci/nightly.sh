@@ -13,7 +13,8 @@
 #   SIGKILL during provision and during verify, then gc beside a kept pair (test_sigkill.py; the
 #   three kills took 7 min; per-submission CI kills at up only), the drift and failing-test runs
 #   apart (test_run_phases.py: exit 12 with verify passed, exit 13; per-submission CI runs both
-#   failures in one boot), the offline smoke run's idempotence converge, and slurm's selected
+#   failures in one boot), the offline smoke run's idempotence converge, the second converge of
+#   test_smoke.py's two --reuse runs (about 2 min each under TCG), and slurm's selected
 #   `verify -k munge` rerun on its kept cluster (44 s; per-submission CI reruns verify on smoke);
 # - the slurm cluster under load: with a second cluster (cluster3, three busy nodes) running beside
 #   it on the same host, the way a shared nightly host is loaded. A slow or briefly unreachable node

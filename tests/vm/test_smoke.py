@@ -5,6 +5,7 @@ cluster without re-provisioning, and destroy leaves nothing."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -70,6 +71,10 @@ def _checkpoints_and_reuse(tmp_path: Path, runs_dir: Path, figure: Callable[[str
     for base, name in (("converged", "converged"), ("booted", None)):
         reports = tmp_path / f"reuse-{base}"
         argv = ["run", "smoke", "--reuse", "--report-dir", str(reports)] + (["--from", name] if name else [])
+        if os.environ.get("HARNESS_NIGHTLY") != "1":
+            # Per-submission CI: the reuse mechanics without the second converge (about 2 min each;
+            # the full run above proved idempotence). The nightly target runs both loops whole.
+            argv.append("--skip-idempotence")
         started = time.monotonic()
         reused = harness(runs_dir, *argv)
         figure(f"smoke run --reuse from {base}", f"{time.monotonic() - started:.0f} s")
@@ -78,5 +83,7 @@ def _checkpoints_and_reuse(tmp_path: Path, runs_dir: Path, figure: Callable[[str
         assert f"reset to checkpoint {base!r}" in summary["phases"]["up"]["detail"]
         assert f"reset to checkpoint {base!r}" in summary["metadata"]["base"]
         assert summary["phases"]["destroy"]["status"] == "skipped"  # --reuse keeps the cluster
-        for phase in ("provision", "idempotence", "verify"):
-            assert summary["phases"][phase]["status"] == "passed", (base, phase, summary["phases"][phase])
+        whole = os.environ.get("HARNESS_NIGHTLY") == "1"
+        expected = {"provision": "passed", "idempotence": "passed" if whole else "skipped", "verify": "passed"}
+        for phase, status in expected.items():
+            assert summary["phases"][phase]["status"] == status, (base, phase, summary["phases"][phase])
