@@ -81,7 +81,10 @@ class _Session:
         return best
 
     def _stderr(self) -> str:
-        if self.proc.poll() is None:
+        """What the ended session said. Its stdout closes a moment before it exits: wait for that."""
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
             return "(still running)"
         return (self.proc.stderr.read() if self.proc.stderr else "").strip()[-500:] or f"exit {self.proc.returncode}"
 
