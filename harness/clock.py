@@ -64,8 +64,11 @@ class _Session:
 
     def ask(self, request: str) -> str:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(request + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(request + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise ProviderError(f"the session ended: {self._stderr()}") from None
         return self.line()
 
     def offset(self) -> tuple[float, float]:
@@ -73,8 +76,12 @@ class _Session:
         best: tuple[float, float] | None = None
         for _ in range(PROBES):
             t0 = time.time()
-            guest = float(self.ask("time"))
+            answer = self.ask("time")
             t1 = time.time()
+            try:
+                guest = float(answer)
+            except ValueError:
+                raise ProviderError(f"unexpected answer {answer!r}") from None
             if best is None or t1 - t0 < best[1]:
                 best = (guest - (t0 + t1) / 2, t1 - t0)
         assert best is not None
