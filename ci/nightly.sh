@@ -10,12 +10,14 @@
 #   it (test_smoke_offline.py; the offline run that passes is per-submission), a node powered off
 #   mid-converge (test_faults.py, 3.5 min: exit 15 naming it, teardown complete) and two smoke runs at
 #   once (test_faults.py, 14 min: both pass, apart), and the harness killed with
-#   SIGKILL during provision and during verify, then gc beside a kept pair (test_sigkill.py; the
+#   SIGKILL during provision and during verify, then gc beside a kept pair (test_pair.py; the
 #   three kills took 7 min; per-submission CI kills at up only), the drift and failing-test runs
 #   apart (test_run_phases.py: exit 12 with verify passed, exit 13; per-submission CI runs both
-#   failures in one boot), the offline smoke run's idempotence converge, the second converge of
-#   test_smoke.py's two --reuse runs (about 2 min each under TCG), and slurm's selected
-#   `verify -k munge` rerun on its kept cluster (44 s; per-submission CI reruns verify on smoke);
+#   failures in one boot), the offline smoke run's idempotence converge, test_smoke.py's
+#   `--reuse` from `booted` (a full first converge, about 5 min) and the second converge of both its
+#   --reuse runs (about 2 min each under TCG), and slurm's second converge (161 s quiet; per-submission
+#   CI checks idempotence on smoke and on the site role set) and its selected `verify -k munge`
+#   rerun on its kept cluster (44 s; per-submission CI reruns verify on smoke);
 # - the slurm cluster under load: with a second cluster (cluster3, three busy nodes) running beside
 #   it on the same host, the way a shared nightly host is loaded. A slow or briefly unreachable node
 #   must be retried, never blamed on the roles (README "Unreachable nodes"). Measured 2026-12-06,

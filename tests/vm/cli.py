@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 
-def harness(runs_dir: Path, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HARNESS_RUNS_DIR": str(runs_dir), "NO_COLOR": "1"}
+def harness(
+    runs_dir: Path, *args: str, timeout: float = 3600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "HARNESS_RUNS_DIR": str(runs_dir), "NO_COLOR": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "harness", *args], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "harness", *args], env=full, capture_output=True, text=True, timeout=timeout
     )

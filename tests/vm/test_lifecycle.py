@@ -1,5 +1,5 @@
 """Real VMs: an interrupted `up` leaves nothing; gc removes only dead runs' objects. (A 2-node cluster
-coming up, answering over SSH and going away without a trace is checked in test_airgap.py, on the
+coming up, answering over SSH and going away without a trace is checked in test_pair.py, on the
 pair it boots.)"""
 
 from __future__ import annotations

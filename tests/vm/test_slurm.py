@@ -1,7 +1,11 @@
 """`harness run slurm` end to end on four VMs: NFS, munge, Slurm, Lmod and Prometheus converge,
-converge again with no change, and every cluster test passes with none skipped; then the host
-memory of the four VMs is read, a selected rerun of the tests works on the kept cluster (nightly),
-and destroy leaves nothing. Each phase's time is reported as a measured figure."""
+converge again with no change (nightly), and every cluster test passes with none skipped; then the
+host memory of the four VMs is read, a selected rerun of the tests works on the kept cluster
+(nightly), and destroy leaves nothing. Each phase's time is reported as a measured figure.
+
+Per-submission CI leaves slurm's second converge out (161 s quiet, over 200 s on a loaded host):
+idempotence is checked per submission on smoke, on the site role set (test_external_roles.py) and
+by ci/bench.sh; the nightly target converges slurm twice, with both strategies."""
 
 from __future__ import annotations
 
@@ -39,13 +43,15 @@ REQUIRED_TESTS = {
     "test_prometheus_sees_every_node_exporter",
 }
 RUN_TIMEOUT = 75 * 60
+NIGHTLY = os.environ.get("HARNESS_NIGHTLY") == "1"
 
 
 def test_run_slurm_converges_twice_and_every_cluster_test_passes(
     tmp_path: Path, runs_dir: Path, figure: Callable[[str, str], None]
 ) -> None:
     started = time.monotonic()
-    proc = harness(runs_dir, "run", "slurm", "--keep", "--report-dir", str(tmp_path), timeout=RUN_TIMEOUT)
+    extra = [] if NIGHTLY else ["--skip-idempotence"]
+    proc = harness(runs_dir, "run", "slurm", "--keep", "--report-dir", str(tmp_path), *extra, timeout=RUN_TIMEOUT)
     figure("slurm run, up to verify (wall)", f"{time.monotonic() - started:.0f} s")
     summary = json.loads((tmp_path / "summary.json").read_text()) if (tmp_path / "summary.json").exists() else {}
     run_id = summary.get("run_id")
@@ -53,9 +59,13 @@ def test_run_slurm_converges_twice_and_every_cluster_test_passes(
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
         phases = summary["phases"]
         for name in ("up", "provision", "idempotence", "verify"):
+            if name == "idempotence" and not NIGHTLY:
+                assert phases[name]["status"] == "skipped", (name, phases[name])
+                continue
             assert phases[name]["status"] == "passed", (name, phases[name])
             figure(f"slurm {name}", f"{phases[name]['seconds']:.0f} s  {phases[name]['detail']}")
-        assert "changed=0" in phases["idempotence"]["detail"]
+        if NIGHTLY:
+            assert "changed=0" in phases["idempotence"]["detail"]
 
         cases = verify_cases(runs_dir / str(run_id) / "verify-junit.xml")
         missing = REQUIRED_TESTS - set(cases)
@@ -68,7 +78,7 @@ def test_run_slurm_converges_twice_and_every_cluster_test_passes(
         assert len(status["nodes"]) == 4 and all(n["state"] == "running" for n in status["nodes"])
         figure("slurm host memory of the 4 VMs (QEMU RSS)", f"{status['host_rss_mib_total']} MiB")
 
-        if os.environ.get("HARNESS_NIGHTLY") == "1":
+        if NIGHTLY:
             # Per-submission CI leaves this out (44 s): test_smoke.py reruns verify on a kept cluster.
             t0 = time.monotonic()
             rerun = harness(runs_dir, "verify", "slurm", "-k", "munge", timeout=900)

@@ -1,7 +1,11 @@
-"""A 2-node cluster (pair) on real VMs: it comes up, answers over SSH with its own identities, talks on
-its private network and goes away without a trace. Air-gapped by default: a node has no route beyond
-the host, reaches Debian's package host only through the host's package cache, and `apt-get update`
-works through it. (One boot for both: the lifecycle checks used to boot a pair of their own.)"""
+"""A 2-node cluster (pair) on real VMs, brought up with `harness up pair` and kept, as a user keeps
+one: it answers over SSH with its own identities, talks on its private network and goes away
+without a trace. Air-gapped by default: a node has no route beyond the host, reaches Debian's
+package host only through the host's package cache, and `apt-get update` works through it.
+Beside it, a harness run killed with SIGKILL: `harness gc` removes every object of that run
+(domains, volumes, networks, checkpoints, GPU locks, the registry entry), ends what the run had left
+running (Vagrant, ansible-playbook, pytest, SSH control masters) so nothing of it comes back, and
+touches nothing of the kept pair. (One boot for all three: each used to boot a pair of its own.)"""
 
 from __future__ import annotations
 
@@ -14,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import cache, nodes, rundir
+from harness import cache, nodes, passthrough, proc, rundir
 from harness.provider import libvirt as lv
 from harness.rundir import RunState
+from tests.vm import sigkill
+from tests.vm.cli import harness
 
 from .conftest import assert_nothing_left, scenario
 
@@ -30,15 +36,20 @@ UP_SECONDS: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def cluster(runs_dir: Path) -> Iterator[RunState]:
+    """The kept pair: `harness up pair` has exited, its cluster stays (what gc must spare)."""
     started = time.monotonic()
-    run = nodes.up(scenario("pair"))
+    up = harness(runs_dir, "up", "pair", timeout=900)
     UP_SECONDS["pair"] = time.monotonic() - started
+    made = sorted(runs_dir.glob("pair-*"), key=lambda d: d.stat().st_mtime)
+    run = rundir.load(made[-1]) if made else None
     try:
+        assert up.returncode == 0 and run is not None, up.stdout + up.stderr
         yield run
     finally:
-        nodes.teardown(run)
-        assert_nothing_left(run)
-        assert rundir.load(run.path).state == "destroyed"
+        if run is not None:
+            nodes.teardown(rundir.load(run.path))
+            assert_nothing_left(run)
+            assert rundir.load(run.path).state == "destroyed"
 
 
 def test_pair_up_ssh_private_network(cluster: RunState, figure: Callable[[str, str], None]) -> None:
@@ -143,3 +154,56 @@ def test_the_cache_refuses_what_is_not_debian(cluster: RunState) -> None:
     )
     rc, out = _on(cluster, "mgmt01", _python(code), timeout=120)
     assert rc == 0 and "HTTP 403" in out, out
+
+
+def test_gc_after_sigkill_at_up_provision_and_verify_removes_that_run_and_spares_a_kept_one(
+    cluster: RunState, runs_dir: Path, tmp_path: Path, figure: Callable[[str, str], None]
+) -> None:
+    """Last in the module: it kills beside the kept pair, which the air-gap tests above used."""
+    started = time.monotonic()
+    live = rundir.load(cluster.path)
+    live_lock = sigkill.plant_gpu_lock(sigkill.FAKE_GPU["live"], live.run_id, live.pid)  # its `harness up` has exited
+    live_objects, live_snapshots = sigkill.objects(live.prefix), sigkill.snapshots(live.prefix)
+    assert live_objects.domains and all(names == ["booted"] for names in live_snapshots.values()), live_snapshots
+    try:
+        for i, moment in enumerate(sigkill.moments()):
+            t0 = time.monotonic()
+            run_id, kids = sigkill.kill_at(runs_dir, tmp_path / str(i), moment)
+            prefix = f"hx-{run_id}"
+            assert kids, f"{moment}: the harness had no child processes to leave behind"
+            if not moment.startswith("up"):  # after up: the run had saved its `booted` checkpoint
+                assert sigkill.snapshots(prefix) and all("booted" in s for s in sigkill.snapshots(prefix).values())
+            t1 = time.monotonic()
+            gc = harness(runs_dir, "gc", timeout=600)
+            figure(f"SIGKILL during {moment}: gc", f"{time.monotonic() - t1:.0f} s (run {t1 - t0:.0f} s to the kill)")
+            assert gc.returncode == 0, gc.stdout + gc.stderr
+            assert f"removed run {run_id}" in gc.stdout, gc.stdout
+            assert live.run_id in gc.stdout.split("left alone (live):")[-1], gc.stdout
+
+            alive = [pid for pid, st in kids.items() if proc.start_time(pid) == st]
+            assert not alive, (
+                f"{moment}: processes of the killed run still run: {sigkill.cmdlines(dict.fromkeys(alive, 0))}"
+            )
+            assert proc.processes_of_run(run_id) == []
+            assert sigkill.objects(prefix).empty(), f"{moment}: {sigkill.objects(prefix).describe()}"
+            assert sigkill.snapshots(prefix) == {}, f"{moment}: checkpoints left: {sigkill.snapshots(prefix)}"
+            assert run_id not in rundir.registered_runs()
+            assert not any(lock.run_id == run_id for lock in passthrough.read_locks(passthrough.default_lockdir()))
+            time.sleep(10)  # a client the sweep missed would have made something again by now
+            assert sigkill.objects(prefix).empty(), (
+                f"{moment}: came back after gc: {sigkill.objects(prefix).describe()}"
+            )
+
+            assert sigkill.objects(live.prefix) == live_objects and sigkill.snapshots(live.prefix) == live_snapshots
+            assert live.run_id in rundir.registered_runs() and live_lock.exists()
+            with lv.connect() as conn:
+                states = {d.name: d.state for d in lv.domain_statuses(conn, live.prefix)}
+            assert set(states.values()) == {"running"}, states
+        answer = nodes.run_on(live, "mgmt01", "true", timeout=120)
+        assert answer.ok, answer.describe()
+        figure(
+            f"SIGKILL at {', '.join(m.split()[0] for m in sigkill.moments())} with a kept pair beside (wall)",
+            f"{time.monotonic() - started:.0f} s",
+        )
+    finally:
+        live_lock.unlink(missing_ok=True)
