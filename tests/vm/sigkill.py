@@ -16,6 +16,7 @@ from pathlib import Path
 
 from harness import passthrough, proc
 from harness.provider import libvirt as lv
+from tests.vm.conftest import NIGHTLY
 
 HOLD = Path(__file__).parent.parent / "fixtures" / "vm" / "hold" / "scenario.yml"
 SNAPSHOT_META = Path("/var/lib/libvirt/qemu/snapshot")
@@ -82,8 +83,7 @@ NIGHTLY_ONLY = ("provision (a task running on the node)", "verify (a test runnin
 
 
 def moments() -> list[str]:
-    nightly = os.environ.get("HARNESS_NIGHTLY") == "1"
-    return [m for m in MOMENTS if nightly or m not in NIGHTLY_ONLY]
+    return [m for m in MOMENTS if NIGHTLY or m not in NIGHTLY_ONLY]
 
 
 def objects(prefix: str) -> lv.RunObjects:

@@ -18,6 +18,7 @@ import pytest
 
 from harness import host, proc, rundir
 from harness.provider import libvirt as lv
+from tests.vm.conftest import NIGHTLY
 
 pytestmark = pytest.mark.vm
 HOLD = Path(__file__).parent.parent / "fixtures" / "vm" / "hold" / "scenario.yml"
@@ -106,7 +107,7 @@ def test_libvirtd_restarted_during_up_is_a_clear_error_and_leaves_nothing(
 def test_a_node_powered_off_during_provision_fails_naming_it_and_tears_down(
     runs_dir: Path, tmp_path: Path, figure: Callable[[str, str], None]
 ) -> None:
-    if os.environ.get("HARNESS_NIGHTLY") != "1":
+    if not NIGHTLY:
         pytest.skip(
             "nightly (3.5 min under TCG: a boot, the SSH keep-alive timeout, the bounded wait, teardown); "
             "per-submission CI pauses a node mid-converge (test_unreachable.py); set HARNESS_NIGHTLY=1 to run it"
@@ -136,7 +137,7 @@ def test_a_node_powered_off_during_provision_fails_naming_it_and_tears_down(
 def test_two_smoke_runs_at_once_both_pass_with_their_own_names_and_subnets(
     runs_dir: Path, tmp_path: Path, figure: Callable[[str, str], None]
 ) -> None:
-    if os.environ.get("HARNESS_NIGHTLY") != "1":
+    if not NIGHTLY:
         pytest.skip("nightly: two full smoke runs side by side; set HARNESS_NIGHTLY=1 to run it")
     started = time.monotonic()
     runs = [_start(runs_dir, "run", "smoke", "--report-dir", str(tmp_path / n)) for n in ("a", "b")]

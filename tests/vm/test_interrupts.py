@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from harness.provider import libvirt as lv
+from tests.vm.conftest import NIGHTLY
 
 pytestmark = pytest.mark.vm
 KVM = Path("/dev/kvm")
@@ -74,7 +75,7 @@ MOMENTS: dict[str, Callable[[Path, str], bool]] = {
 def test_interrupted_up_on_a_slow_libvirt_leaves_nothing(
     runs_dir: Path, slow_libvirt: None, moment: str, repeat: int
 ) -> None:
-    if os.environ.get("HARNESS_NIGHTLY") != "1":
+    if not NIGHTLY:
         pytest.skip("nightly: six interrupted ups on a slow libvirt; per-submission CI interrupts up twice "
                     "(test_lifecycle.py); set HARNESS_NIGHTLY=1 to run it")  # fmt: skip
     env = {**os.environ, "HARNESS_RUNS_DIR": str(runs_dir)}

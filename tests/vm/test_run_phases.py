@@ -5,7 +5,6 @@ this repository's roles/ (tests/fixtures/vm/external-roles), as a user's would."
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from harness.provider import libvirt as lv
 from tests.vm.cli import harness
+from tests.vm.conftest import NIGHTLY
 
 pytestmark = pytest.mark.vm
 FIX = Path(__file__).parent.parent / "fixtures" / "vm"
@@ -30,7 +30,6 @@ def assert_run_left_nothing(summary: dict[str, object]) -> None:
     assert left.empty(), f"run {summary['run_id']} left {left.describe()}"
 
 
-NIGHTLY = os.environ.get("HARNESS_NIGHTLY") == "1"
 # (scenario, exit code, failed phase, text its failure names, later phases: status and text they name).
 # Per-submission CI boots twice: a failing role, then drift and a failing test in one run (the exit
 # code names the first failed phase; verify still runs and names its test). The nightly target also

@@ -10,7 +10,6 @@ by ci/bench.sh; the nightly target converges slurm twice, with both strategies."
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 
 from harness.provider import libvirt as lv
 from tests.vm.cli import harness
-from tests.vm.conftest import verify_cases
+from tests.vm.conftest import NIGHTLY, verify_cases
 
 pytestmark = pytest.mark.vm
 
@@ -43,10 +42,9 @@ REQUIRED_TESTS = {
     "test_prometheus_sees_every_node_exporter",
 }
 RUN_TIMEOUT = 75 * 60
-NIGHTLY = os.environ.get("HARNESS_NIGHTLY") == "1"
 
 
-def test_run_slurm_converges_twice_and_every_cluster_test_passes(
+def test_run_slurm_converges_and_every_cluster_test_passes(
     tmp_path: Path, runs_dir: Path, figure: Callable[[str, str], None]
 ) -> None:
     started = time.monotonic()

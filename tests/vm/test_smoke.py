@@ -17,7 +17,6 @@ without touching the repository; the scenario's name stays `smoke`."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import xml.etree.ElementTree as ET
@@ -32,9 +31,9 @@ from harness.inventory import parse_ssh_config
 from harness.paths import ROLES_DIR, SCENARIOS_DIR
 from harness.provider import libvirt as lv
 from tests.vm.cli import harness
+from tests.vm.conftest import NIGHTLY
 
 pytestmark = pytest.mark.vm
-NIGHTLY = os.environ.get("HARNESS_NIGHTLY") == "1"
 
 
 def _site_copy(tmp_path: Path) -> Path:

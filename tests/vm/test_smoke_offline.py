@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,12 +24,12 @@ from harness.errors import UsageError
 from harness.paths import SCENARIOS_DIR
 from harness.provider import libvirt as lv
 from tests.vm.cli import harness
+from tests.vm.conftest import NIGHTLY
 
 pytestmark = pytest.mark.vm
 
 MISSING = "chrony"  # a package roles/common installs on every node
 NAME = "smoke-offline"
-NIGHTLY = os.environ.get("HARNESS_NIGHTLY") == "1"
 
 
 @dataclass(frozen=True)
@@ -132,7 +131,7 @@ def test_offline_smoke_passes_from_its_bundle_alone(
 def test_a_bundle_without_a_package_the_role_needs_fails_provision_naming_it(
     offline: Offline, runs_dir: Path, figure: Callable[[str, str], None]
 ) -> None:
-    if os.environ.get("HARNESS_NIGHTLY") != "1":
+    if not NIGHTLY:
         pytest.skip("nightly: the offline smoke test above is the per-submission one; set HARNESS_NIGHTLY=1 to run it")
     broken = offline.tmp / "smoke-bundle-broken"
     without = [p for p in offline.record.packages if p.package != MISSING]

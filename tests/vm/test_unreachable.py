@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.provider import libvirt as lv
+from tests.vm.conftest import NIGHTLY
 
 pytestmark = pytest.mark.vm
 SCENARIO = Path(__file__).parent.parent / "fixtures" / "vm" / "pause" / "scenario.yml"
@@ -67,7 +68,7 @@ def test_a_node_paused_for_90s_mid_converge_is_retried_and_the_run_passes(
 
 
 def test_a_node_that_stays_silent_ends_the_run_as_unreachable_and_tears_down(tmp_path: Path, runs_dir: Path) -> None:
-    if os.environ.get("HARNESS_NIGHTLY") != "1":
+    if not NIGHTLY:
         pytest.skip(
             "nightly (about 8 min under TCG: keep-alive timeout, bounded wait, retries, teardown); per-submission CI "
             "pauses a node and checks the retry (test above); set HARNESS_NIGHTLY=1 to run it"

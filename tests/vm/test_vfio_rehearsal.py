@@ -5,7 +5,6 @@ ready NVIDIA GPU (that one boots nothing, so it is no VM test)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from harness.gpus import discover
 from harness.paths import SCENARIOS_DIR
 from harness.provider import libvirt as lv
 from tests.vm.cli import harness
+from tests.vm.conftest import NIGHTLY
 
 RUN_TIMEOUT = 3600
 # Measured 2026-11-22 on a 2-core host under TCG shared with other runs' VMs (load ~9): up 2.5 min,
@@ -25,7 +25,7 @@ MEASURED = "over 45 minutes (provision 41 min, mostly update-initramfs under TCG
 
 @pytest.mark.vm
 def test_vfio_rehearsal_passes_every_phase(tmp_path: Path, runs_dir: Path) -> None:
-    if os.environ.get("HARNESS_NIGHTLY") != "1":
+    if not NIGHTLY:
         pytest.skip(
             f"the vfio-rehearsal run (boot, vfio_host with a reboot, idempotence, verify) takes {MEASURED} "
             "under TCG; set HARNESS_NIGHTLY=1 to run it"
