@@ -171,6 +171,15 @@ def test_unattended_upgrades_is_not_installed(host: Any) -> None:
     assert not host.package("unattended-upgrades").is_installed
 
 
+def test_apt_updates_are_stamped(host: Any) -> None:
+    """The box has no stamp; the converge's update of the lists (after the role's hook) made it. Without
+    it Ansible's apt module judges `cache_valid_time` by the lists directory, which an update that
+    finds nothing new leaves old: every later apt task then updated again."""
+    assert host.file("/var/lib/apt/periodic/update-success-stamp").is_file
+    conf = host.check_output("apt-config dump APT::Update::Post-Invoke-Success")
+    assert "/var/lib/apt/periodic/update-success-stamp" in conf, conf
+
+
 # --- locale and timezone ----------------------------------------------------------------------
 
 
