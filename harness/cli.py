@@ -47,6 +47,12 @@ Exit codes:
  130 interrupted"""
 
 
+QUICK_HELP = (
+    "Stop at the quick verdict, without the tests marked `disturbing` (reboots, restarts, faults): "
+    "a partial verdict, never a green rehearsal; the report names the tests left out."
+)
+
+
 def _sigterm(_signum: int, _frame: object) -> NoReturn:
     raise KeyboardInterrupt
 
@@ -300,6 +306,7 @@ def _exit_for(ph: object) -> None:
     help="With --reuse: the checkpoint to start from (default booted; `converged`: the last green "
     "converge, to rehearse a change on top of the previous version as on the real cluster).",
 )
+@click.option("--quick", is_flag=True, help=QUICK_HELP)
 def run_cmd(
     scenario: str,
     keep: bool,
@@ -308,6 +315,7 @@ def run_cmd(
     select: str | None,
     reuse: bool,
     from_checkpoint: str | None,
+    quick: bool,
 ) -> None:
     """The whole lifecycle: validate → up → provision → idempotence → verify → destroy.
 
@@ -329,11 +337,12 @@ def run_cmd(
             select=select,
             reuse_from=(from_checkpoint or "booted") if reuse else None,
             on_progress=progress,
+            quick=quick,
         )
     target = report_dir or (run.path if run else Path.cwd() / ".harness" / "reports" / sc.name)
     files = write_reports(rep, target)
     files.append(rehearsal.record_run(sc, rep, content, target, select))
-    green = run is not None and select is None and lifecycle.first_failure(rep) is None
+    green = run is not None and select is None and not rep.partial and lifecycle.first_failure(rep) is None
     if green and run is not None and (packages := node_packages.copy_record(run.path, target)):
         files.append(packages)  # what the green run installed, for `harness bundle build`
     err.print(f"\n[bold]{sc.name}[/] run {rep.run_id or '-'}")
@@ -362,10 +371,12 @@ def provision(scenario: str) -> None:
 @main.command()
 @click.argument("scenario")
 @click.option("-k", "select", default=None, help="Only tests matching this pytest -k expression.")
-def verify(scenario: str, select: str | None) -> None:
-    """Run the scenario's tests against its kept cluster, without re-provisioning."""
+@click.option("--quick", is_flag=True, help=QUICK_HELP)
+def verify(scenario: str, select: str | None, quick: bool) -> None:
+    """Run the scenario's tests against its kept cluster, without re-provisioning: the quick verdict
+    first (tests not marked `disturbing`), then the disturbing ones (reboots, restarts, faults)."""
     sc = _load(scenario)
-    ph, run = lifecycle.verify_kept(sc, select)
+    ph, run = lifecycle.verify_kept(sc, select, quick, _UpProgress([]))
     _print_phase(ph)
     err.print(f"log: {run.log_dir / 'verify.log'}", highlight=False)
     _exit_for(ph)

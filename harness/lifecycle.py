@@ -63,6 +63,7 @@ class RunContext:
     idempotence: bool | None = None  # None: the scenario decides
     select: str | None = None
     reuse_from: str | None = None  # a checkpoint of a kept cluster to start from instead of `up`
+    quick: bool = False  # verify: the quick verdict only (tests not marked disturbing), partial
     run: RunState | None = None
     results: dict[str, report.PhaseResult] = field(default_factory=dict)
 
@@ -150,7 +151,7 @@ def _say(ctx: RunContext, phase: str) -> Callable[[str], None]:
 
 def _verify(ctx: RunContext) -> report.PhaseResult:
     ctx.on_progress("verify", "running the scenario's tests")
-    result = phases.verify_phase(ctx.live_run(), ctx.scenario, ctx.select, ctx.on_progress)[0]
+    result = phases.verify_phase(ctx.live_run(), ctx.scenario, ctx.select, ctx.on_progress, ctx.quick)[0]
     if result.status == "passed" and ctx.select is None and ctx.scenario.provision is not None:
         # A green converge and verify: what the nodes installed, for `harness bundle build`.
         digest = rehearsal.content_manifest(ctx.scenario).digest
@@ -238,13 +239,14 @@ def run_scenario(
     select: str | None = None,
     reuse_from: str | None = None,
     on_progress: ProgressFn = _noop,
+    quick: bool = False,
 ) -> tuple[report.RunReport, RunState | None]:
     """validate, then SEQUENCE. Returns the report; `first_failure` turns it into an exit code.
 
     `reuse_from` (a checkpoint name): start from that checkpoint of the kept cluster of this
     scenario instead of a new one, and keep the cluster afterwards (the inner loop)."""
     check_playbook(scenario, on_progress)
-    ctx = RunContext(scenario, on_progress, keep or reuse_from is not None, idempotence, select, reuse_from)
+    ctx = RunContext(scenario, on_progress, keep or reuse_from is not None, idempotence, select, reuse_from, quick)
     rep = execute(SEQUENCE, ctx)
     rep.metadata = {
         "harness_version": __version__,
@@ -277,7 +279,9 @@ def provision_kept(scenario: Scenario, on_progress: ProgressFn = _noop) -> repor
     return phases.provision_phase(run, scenario, on_progress)
 
 
-def verify_kept(scenario: Scenario, select: str | None = None) -> tuple[report.PhaseResult, RunState]:
+def verify_kept(
+    scenario: Scenario, select: str | None = None, quick: bool = False, on_progress: ProgressFn = _noop
+) -> tuple[report.PhaseResult, RunState]:
     """The verify step on a kept cluster (`harness verify`)."""
     run = rundir.require_active_run(scenario)
-    return phases.verify_phase(run, scenario, select)[0], run
+    return phases.verify_phase(run, scenario, select, on_progress, quick)[0], run

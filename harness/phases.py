@@ -244,14 +244,24 @@ def idempotence_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn
 
 
 def verify_phase(
-    run: RunState, scenario: Scenario, select: str | None = None, on_progress: ProgressFn | None = None
+    run: RunState,
+    scenario: Scenario,
+    select: str | None = None,
+    on_progress: ProgressFn | None = None,
+    quick: bool = False,
 ) -> tuple[PhaseResult, verify.VerifyResult | None]:
-    """The scenario's tests. When every failure is a node that did not answer SSH, wait for the
-    nodes (bounded), close shared connections and run the tests once more; still unreachable is
-    reported as such (an infrastructure failure), never as failed tests."""
+    """The scenario's tests: the quick verdict (tests not marked disturbing) first, said as soon as
+    it is in, then the disturbing ones; with `quick` only the first, recorded as a partial verdict.
+    When every failure is a node that did not answer SSH, wait for the nodes (bounded), close shared
+    connections and run the tests once more; still unreachable is reported as such (an
+    infrastructure failure), never as failed tests."""
     if scenario.tests is None:
         return PhaseResult("verify", "skipped", 0.0), None
     say = on_progress or (lambda _p, _m: None)
+
+    def said(first: verify.VerifyResult) -> None:
+        left = f"{len(first.disturbing)} disturbing test(s) " + ("left for the full verdict" if quick else "next")
+        say("verify", f"quick verdict: {first.counts} ({left})")
 
     def run_once() -> verify.VerifyResult:
         return verify.run_tests(
@@ -261,6 +271,8 @@ def verify_phase(
             ssh_config=run.ssh_config,
             out_dir=run.path,
             select=select,
+            quick=quick,
+            on_quick=said,
         )
 
     result = run_once()
@@ -280,7 +292,10 @@ def verify_phase(
             result = run_once()
             seconds += waited.seconds + result.seconds
         log.warning("verify: %s", retries[-1])
-    detail = _retried(result.counts, retries)
+    detail = _retried(result.detail, retries)
     status: Status = "passed" if result.ok else "unreachable" if verify.only_unreachable(result.failures) else "failed"
     failures = [] if result.ok else result.failures
-    return PhaseResult("verify", status, seconds, failures, detail, junit=result.junit, retries=retries), result
+    phase = PhaseResult(
+        "verify", status, seconds, failures, detail, result.junit, retries, result.partial, result.not_run
+    )
+    return phase, result

@@ -1,9 +1,11 @@
 """pytest plugin loaded into a scenario's test run (`-p harness.pytest_plugin`).
 
 Gives scenario tests a `cluster` fixture for cluster-level checks next to testinfra's `host`:
-nodes by group, running a command on a node, reading a file from a node; and `journal`, a unit's
-journal for a failure message. It reads the run's inventory and ssh_config from HARNESS_INVENTORY
-and HARNESS_SSH_CONFIG, which `harness verify` sets; the same inventory drives Ansible.
+nodes by group, running a command on a node, reading a file from a node; `journal`, a unit's
+journal for a failure message; and the `disturbing` marker, for tests that disturb the cluster
+(reboots, daemon restarts, faults), which `harness verify` runs after the others. It reads the
+run's inventory and ssh_config from HARNESS_INVENTORY and HARNESS_SSH_CONFIG, which `harness verify`
+sets; the same inventory drives Ansible.
 
 Without HARNESS_SSH_CONFIG (`harness promote`, real hosts) the inventory is read as Ansible resolves
 it (any format, group vars merged) and nodes are reached with its own connection settings:
@@ -25,6 +27,7 @@ import testinfra
 
 from harness import proc, reach, ssh
 from harness.inventory import hosts_in_group, known_groups, load_inventory, resolve_inventory
+from harness.verify import COLLECTED_OPTION, DISTURBING
 
 JOURNAL_LINES = 50
 
@@ -109,12 +112,33 @@ def _read_inventory(path: Path, ssh_config: Path | None) -> dict[str, Any]:
 GROUPS_MARKER = "groups"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        COLLECTED_OPTION,
+        metavar="PATH",
+        default=None,
+        help="write the node ids of the tests selected to run (after -k, -m and groups), one a line",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         f"{GROUPS_MARKER}(*names): run this per-node (testinfra `host`) test only on nodes in one of these "
         "inventory groups; it is not collected for other nodes (deselected, never reported as skipped)",
     )
+    config.addinivalue_line(
+        "markers",
+        f"{DISTURBING}: disturbs the cluster (reboots, daemon restarts, faults); `harness verify` runs "
+        "it after the other tests (their quick verdict first), and `--quick` leaves it for the full verdict",
+    )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """With --harness-collected: the node ids this session runs, for `harness verify` to name."""
+    path = session.config.getoption(COLLECTED_OPTION)
+    if path:
+        Path(path).write_text("".join(f"{item.nodeid}\n" for item in session.items), encoding="utf-8")
 
 
 def _node_of(item: pytest.Item) -> str | None:

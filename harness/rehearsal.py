@@ -210,11 +210,12 @@ class Rehearsal:
     content: Manifest
     select: str | None = None  # `-k`: only some tests ran
     base: str = "a new cluster"
+    partial: tuple[str, ...] = ()  # phases that left part of their work out (`--quick`): never green
 
     @property
     def green(self) -> bool:
         """up, provision and verify passed, every other phase passed or was skipped, all tests ran."""
-        if self.select is not None or any(self.phases.get(p) != "passed" for p in MUST_PASS):
+        if self.select is not None or self.partial or any(self.phases.get(p) != "passed" for p in MUST_PASS):
             return False
         return all(status in ("passed", "skipped") for status in self.phases.values())
 
@@ -227,6 +228,8 @@ class Rehearsal:
         bad += [f"{p} {self.phases.get(p, 'missing')}" for p in MUST_PASS if self.phases.get(p) in ("skipped", None)]
         if self.select is not None and not bad:
             bad.append(f"only tests matching -k {self.select!r} ran")
+        if self.partial and not bad:
+            bad.append(f"partial {', '.join(self.partial)} (part of it was left out, see the report)")
         return "red: " + ", ".join(bad or ["unknown"])
 
     def describe(self) -> str:
@@ -248,6 +251,7 @@ class Rehearsal:
             "phases": dict(self.phases),
             "select": self.select,
             "base": self.base,
+            "partial": list(self.partial),
             "content": self.content.to_dict(),
         }
 
@@ -263,6 +267,7 @@ class Rehearsal:
             content=Manifest.from_dict(data.get("content") or {}),
             select=data.get("select"),
             base=str(data.get("base") or ""),
+            partial=tuple(str(p) for p in data.get("partial") or ()),
         )
 
 
@@ -279,6 +284,7 @@ def from_report(scenario: Scenario, rep: RunReport, content: Manifest, select: s
         content=content,
         select=select,
         base=str(meta.get("base", "a new cluster")),
+        partial=tuple(p.name for p in rep.all_phases() if p.partial),
     )
 
 

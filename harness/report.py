@@ -79,6 +79,15 @@ class Failure:
     message: str
 
 
+@dataclass(frozen=True)
+class NotRun:
+    """A test (or other unit of a phase's work) left out on purpose, and why
+    (`disturbing: left for the full verdict`)."""
+
+    name: str
+    why: str
+
+
 @dataclass
 class PhaseResult:
     name: str
@@ -91,6 +100,10 @@ class PhaseResult:
     junit: Path | None = None
     # One line per retry of the phase: what was unreachable, what was waited for, what was redone.
     retries: list[str] = field(default_factory=list)
+    # A partial verdict (`verify --quick`, the inner loop's scoped converges): part of the phase's
+    # work was left out on purpose, named in not_run with why; such a run is never a green rehearsal.
+    partial: bool = False
+    not_run: list[NotRun] = field(default_factory=list)
 
 
 @dataclass
@@ -116,6 +129,11 @@ class RunReport:
         self.phases = [p for p in self.phases if p.name != result.name] + [result]
 
     @property
+    def partial(self) -> bool:
+        """Some phase's verdict is partial: the run's verdict is, too."""
+        return any(p.partial for p in self.phases)
+
+    @property
     def status(self) -> Status:
         return "failed" if any(p.status in ("failed", "unreachable") for p in self.all_phases()) else "passed"
 
@@ -130,18 +148,25 @@ class RunReport:
             "scenario": self.scenario,
             "run_id": self.run_id,
             "status": self.status,
-            "phases": {
-                p.name: {
-                    "status": p.status,
-                    "seconds": round(p.seconds, 3),
-                    "detail": p.detail,
-                    "failures": [{"name": f.name, "message": f.message} for f in p.failures],
-                    "retries": list(p.retries),
-                }
-                for p in self.all_phases()
-            },
+            "partial": self.partial,
+            "phases": {p.name: _phase_dict(p) for p in self.all_phases()},
             "metadata": redact(self.metadata),
         }
+
+
+def _phase_dict(p: PhaseResult) -> dict[str, Any]:
+    """A phase in summary.json; `partial` and `not_run` only where the phase left something out."""
+    out: dict[str, Any] = {
+        "status": p.status,
+        "seconds": round(p.seconds, 3),
+        "detail": p.detail,
+        "failures": [{"name": f.name, "message": f.message} for f in p.failures],
+        "retries": list(p.retries),
+    }
+    if p.partial or p.not_run:
+        out["partial"] = p.partial
+        out["not_run"] = [{"name": n.name, "why": n.why} for n in p.not_run]
+    return out
 
 
 def _xml_text(text: str) -> str:
@@ -192,7 +217,16 @@ def _verify_cases(scenario: str, p: PhaseResult) -> list[ET.Element] | None:
     failing = any(c.find("failure") is not None or c.find("error") is not None for c in cases)
     if extra or (p.status == "failed" and not failing):
         cases += _phase_cases(scenario, PhaseResult(p.name, "failed", 0.0, extra))
-    return cases
+    return cases + [_not_run_case(n) for n in p.not_run]
+
+
+def _not_run_case(test: NotRun) -> ET.Element:
+    """A skipped testcase for a test left out (named by its pytest node id), as pytest would name it."""
+    path, *rest = test.name.split("::")
+    classname = ".".join([path.removesuffix(".py").replace("/", "."), *rest[:-1]])
+    case = _case(classname, rest[-1] if rest else path, 0.0)
+    ET.SubElement(case, "skipped", message=_first_line(test.why))
+    return case
 
 
 _OUTCOMES = (("failure", "failures"), ("error", "errors"), ("skipped", "skipped"))
@@ -260,8 +294,9 @@ def _fence(text: str) -> str:
 
 def render_markdown(report: RunReport) -> str:
     phases = report.all_phases()
+    partial = " (partial verdict)" if report.partial else ""
     lines = [
-        f"# {_md_cell(report.scenario)}: {report.status}",
+        f"# {_md_cell(report.scenario)}: {report.status}{partial}",
         "",
         f"Run `{report.run_id}`.",
         "",
@@ -279,6 +314,10 @@ def render_markdown(report: RunReport) -> str:
     if retried:
         lines += ["", "## Retries (nodes that stopped answering; not a verdict about the roles)", ""]
         lines += [f"- {p.name}: {_md_cell(r)}" for p, r in retried]
+    left = [(p, n) for p in phases for n in p.not_run]
+    if left:
+        lines += ["", "## Not run", ""]
+        lines += [f"- {p.name}: `{n.name}`: {_md_cell(n.why)}" for p, n in left]
     failing = [(p, f) for p in phases for f in p.failures]
     if failing:
         lines += ["", "## Failures"]

@@ -1,16 +1,27 @@
 """Verify: the scenario's tests under pytest + testinfra, against the run's inventory and ssh_config.
-pytest runs as a subprocess; its JUnit XML is read back as data."""
+pytest runs as a subprocess; its JUnit XML is read back as data.
+
+Tests marked `disturbing` (reboots, daemon restarts, faults) run in a pass of their own, after the
+others: the first pass (`-m "not disturbing"`) is the quick verdict, both passes the full one. With
+`quick` only the first pass runs, and the verdict says it is partial. A tests directory whose
+Python files never name the marker runs in one pass, as one pytest process."""
 
 from __future__ import annotations
 
 import re
 import sys
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness import proc
-from harness.report import Failure
+from harness.report import Failure, NotRun
+
+DISTURBING = "disturbing"  # the marker (registered by harness.pytest_plugin)
+COLLECTED_OPTION = "--harness-collected"  # the plugin writes the node ids it runs to this file
+LEFT_FOR_FULL_VERDICT = f"{DISTURBING}: left for the full verdict"
+JUNIT_FILE = "verify-junit.xml"  # the one JUnit file of a verify (both passes), that reports read
 
 
 @dataclass(frozen=True)
@@ -23,6 +34,12 @@ class VerifyResult:
     junit: Path | None = None
     log_path: Path | None = None
     seconds: float = 0.0
+    # Two passes: the first one's own result (the tests not marked disturbing): the quick verdict.
+    quick: VerifyResult | None = None
+    # Node ids of the tests marked disturbing (those -k selects), in collection order.
+    disturbing: list[str] = field(default_factory=list)
+    # Only the quick pass ran: `disturbing` were left for the full verdict.
+    partial: bool = False
 
     @property
     def ok(self) -> bool:
@@ -33,17 +50,37 @@ class VerifyResult:
         """`36 passed, 1 failed, 0 skipped`: the detail line of a verify phase."""
         return f"{self.passed} passed, {self.failed} failed, {self.skipped} skipped"
 
+    @property
+    def detail(self) -> str:
+        """The counts; after two passes the quick verdict's as well; when partial, what was left out."""
+        if self.partial:
+            left = len(self.disturbing)
+            return f"quick verdict (partial): {self.counts}; left for the full verdict: {left} disturbing test(s)"
+        if self.quick is not None:
+            return f"{self.counts} (quick verdict first: {self.quick.counts})"
+        return self.counts
+
+    @property
+    def not_run(self) -> list[NotRun]:
+        """The tests left out, and why: when partial, the disturbing ones."""
+        return [NotRun(t, LEFT_FOR_FULL_VERDICT) for t in self.disturbing] if self.partial else []
+
 
 def pytest_argv(
     tests_dir: Path,
     nodes: list[str],
     ssh_config: Path | None,
-    junit: Path,
+    junit: Path | None,
     select: str | None,
     inventory: Path | None = None,
+    *,
+    marker: str | None = None,
+    collected: Path | None = None,
+    collect_only: bool = False,
 ) -> list[str]:
     """pytest over plain SSH with the run's ssh_config; without one (real hosts, `harness promote`),
-    over testinfra's `ansible://` backend, which connects as the inventory says."""
+    over testinfra's `ansible://` backend, which connects as the inventory says. `marker` is a
+    `-m` expression, and-ed with `select` (`-k`) by pytest itself."""
     if ssh_config is not None:
         hosts = [f"--hosts={','.join('ssh://' + n for n in nodes)}", f"--ssh-config={ssh_config}"]
     else:
@@ -61,13 +98,14 @@ def pytest_argv(
         "--rootdir",
         str(tests_dir),
         *hosts,
-        f"--junitxml={junit}",
-        "-o",
-        "junit_family=xunit2",
-        "-v",
-        "--tb=short",
-        "-ra",
     ]
+    if junit is not None:
+        argv += [f"--junitxml={junit}", "-o", "junit_family=xunit2"]
+    if collected is not None:
+        argv.append(f"{COLLECTED_OPTION}={collected}")
+    argv += ["--collect-only", "-q"] if collect_only else ["-v", "--tb=short", "-ra"]
+    if marker:
+        argv += ["-m", marker]
     if select:
         argv += ["-k", select]
     return argv
@@ -110,6 +148,103 @@ def only_unreachable(failures: list[Failure]) -> bool:
     return bool(failures) and all(_UNREACHABLE.search(f.message) for f in failures)
 
 
+def names_disturbing(tests_dir: Path) -> bool:
+    """Whether a Python file under tests_dir names the `disturbing` marker at all: read before any
+    pytest run, so a directory without such tests costs no more than one pytest process."""
+    return any(DISTURBING in f.read_text(encoding="utf-8", errors="replace") for f in sorted(tests_dir.rglob("*.py")))
+
+
+def merge_junit(parts: list[Path], into: Path) -> Path:
+    """One JUnit file of every pass's testsuites, in pass order."""
+    root = ET.Element("testsuites", name="pytest tests")
+    for part in parts:
+        src = ET.parse(part).getroot()
+        root.extend([src] if src.tag == "testsuite" else src.findall("testsuite"))
+    ET.ElementTree(root).write(into, encoding="utf-8", xml_declaration=True)
+    return into
+
+
+@dataclass(frozen=True)
+class _Session:
+    """What every pytest process of one verify shares: the tests, the nodes and how to reach them, -k, the log."""
+
+    tests_dir: Path
+    nodes: list[str]
+    inventory: Path
+    ssh_config: Path | None
+    select: str | None
+    log_path: Path
+
+    def run(
+        self, junit: Path | None, marker: str | None, collected: Path | None = None, collect_only: bool = False
+    ) -> proc.CommandResult:
+        argv = pytest_argv(
+            self.tests_dir,
+            self.nodes,
+            self.ssh_config,
+            junit,
+            self.select,
+            self.inventory,
+            marker=marker,
+            collected=collected,
+            collect_only=collect_only,
+        )
+        # An empty HARNESS_SSH_CONFIG (not one inherited from the caller's shell): the inventory's own settings.
+        env = {
+            "HARNESS_INVENTORY": str(self.inventory),
+            "HARNESS_SSH_CONFIG": "" if self.ssh_config is None else str(self.ssh_config),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        return proc.run_logged(argv, self.log_path, env=env, cwd=self.tests_dir)
+
+    def run_pass(self, junit: Path, marker: str | None) -> VerifyResult:
+        """One pytest run of the tests `marker` selects (all without one), read back from its JUnit file."""
+        junit.unlink(missing_ok=True)
+        result = self.run(junit, marker)
+        if not junit.exists():
+            why = Failure("pytest", f"pytest did not run (exit {result.rc}); see {self.log_path}")
+            return VerifyResult(result.rc, 0, 0, 0, [why], None, self.log_path, result.duration)
+        passed, failed, skipped, failures = read_junit(junit)
+        return VerifyResult(result.rc, passed, failed, skipped, failures, junit, self.log_path, result.duration)
+
+    def disturbing(self, listing: Path) -> tuple[list[str], float]:
+        """The node ids of the disturbing tests (of those -k selects), from a run that only collects,
+        and its seconds; none when collection fails (the one plain pass that follows says why)."""
+        listing.unlink(missing_ok=True)
+        result = self.run(None, DISTURBING, collected=listing, collect_only=True)
+        if result.rc != 0 or not listing.exists():
+            return [], result.duration
+        return [line for line in listing.read_text(encoding="utf-8").splitlines() if line], result.duration
+
+
+def _collected_any(result: VerifyResult, tests_dir: Path, select: str | None) -> VerifyResult:
+    """The result, failed when pytest collected no test at all (exit 5)."""
+    if result.rc != 5:
+        return result
+    where = f"no test was collected from {tests_dir}" + (f" with -k {select!r}" if select else "")
+    return replace(result, failures=[*result.failures, Failure("pytest", where)])
+
+
+def _both(first: VerifyResult, rest: VerifyResult, junit: Path, seconds: float) -> VerifyResult:
+    """The full verdict of both passes: one JUnit file, the counts and failures of both; the exit
+    code of the first pass that failed (a pass that collected nothing, exit 5, fails neither)."""
+    codes = [r.rc for r in (first, rest) if r.rc != 5]
+    rc = next((c for c in codes if c != 0), 0) if codes else 5
+    merge_junit([r.junit for r in (first, rest) if r.junit is not None], junit)
+    return VerifyResult(
+        rc,
+        first.passed + rest.passed,
+        first.failed + rest.failed,
+        first.skipped + rest.skipped,
+        [*first.failures, *rest.failures],
+        junit,
+        first.log_path,
+        seconds,
+        quick=first,
+        disturbing=first.disturbing,
+    )
+
+
 def run_tests(
     tests_dir: Path,
     *,
@@ -118,33 +253,32 @@ def run_tests(
     ssh_config: Path | None,
     out_dir: Path,
     select: str | None = None,
+    quick: bool = False,
+    on_quick: Callable[[VerifyResult], None] | None = None,
 ) -> VerifyResult:
+    """The scenario's tests. With tests marked disturbing: those not marked first (`on_quick` gets
+    that quick verdict, its `disturbing` filled in, as soon as it is in), then the disturbing ones,
+    unless `quick`: then the result is the quick verdict, marked partial. Either way one JUnit file,
+    `verify-junit.xml`, and one log, `logs/verify.log`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    junit = out_dir / "verify-junit.xml"
+    junit = out_dir / JUNIT_FILE
     junit.unlink(missing_ok=True)
-    log_path = out_dir / "logs" / "verify.log"
-    # An empty HARNESS_SSH_CONFIG (not one inherited from the caller's shell): the inventory's own settings.
-    env = {
-        "HARNESS_INVENTORY": str(inventory),
-        "HARNESS_SSH_CONFIG": "" if ssh_config is None else str(ssh_config),
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    argv = pytest_argv(tests_dir, nodes, ssh_config, junit, select, inventory)
-    result = proc.run_logged(argv, log_path, env=env, cwd=tests_dir)
-    if not junit.exists():
-        return VerifyResult(
-            result.rc,
-            0,
-            0,
-            0,
-            [Failure("pytest", f"pytest did not run (exit {result.rc}); see {log_path}")],
-            None,
-            log_path,
-            result.duration,
-        )
-    passed, failed, skipped, failures = read_junit(junit)
-    if result.rc == 5:
-        failures.append(
-            Failure("pytest", f"no test was collected from {tests_dir}" + (f" with -k {select!r}" if select else ""))
-        )
-    return VerifyResult(result.rc, passed, failed, skipped, failures, junit, log_path, result.duration)
+    session = _Session(tests_dir, nodes, inventory, ssh_config, select, out_dir / "logs" / "verify.log")
+    disturbing: list[str] = []
+    listed_s = 0.0
+    if names_disturbing(tests_dir):
+        disturbing, listed_s = session.disturbing(out_dir / "verify-disturbing.txt")
+    if not disturbing:
+        result = session.run_pass(junit, None)
+        return _collected_any(replace(result, seconds=result.seconds + listed_s), tests_dir, select)
+    first = replace(session.run_pass(out_dir / "verify-junit-quick.xml", f"not {DISTURBING}"), disturbing=disturbing)
+    if first.junit is None:  # pytest did not run: neither would the second pass
+        return replace(first, seconds=listed_s + first.seconds)
+    if on_quick is not None:
+        on_quick(first)
+    if quick:  # a quick pass that collected nothing (every test disturbing) is partial, not failed
+        merge_junit([first.junit], junit)
+        rc = 0 if first.rc == 5 else first.rc
+        return replace(first, rc=rc, junit=junit, seconds=listed_s + first.seconds, quick=first, partial=True)
+    rest = session.run_pass(out_dir / "verify-junit-disturbing.xml", DISTURBING)
+    return _collected_any(_both(first, rest, junit, listed_s + first.seconds + rest.seconds), tests_dir, select)

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
+from harness import lifecycle
 from harness.cli import main
+from harness.report import PhaseResult
 
 FIX = Path(__file__).parent.parent / "fixtures" / "scenarios"
 
@@ -43,3 +48,23 @@ def test_every_command_has_help() -> None:
     ):
         res = runner.invoke(main, cmd)
         assert res.exit_code == 0 and "Usage:" in res.output, cmd
+
+
+def test_quick_reaches_verify_and_its_partial_verdict_is_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    for cmd in ("run", "verify"):
+        res = CliRunner().invoke(main, [cmd, "--help"])
+        assert "--quick" in res.output and "partial" in " ".join(res.output.split()), cmd
+    seen: dict[str, Any] = {}
+
+    def verify_kept(sc: Any, select: str | None, quick: bool, on_progress: Any) -> tuple[PhaseResult, Any]:
+        seen.update(select=select, quick=quick)
+        detail = (
+            "quick verdict (partial): 2 passed, 0 failed, 0 skipped; left for the full verdict: 4 disturbing test(s)"
+        )
+        return PhaseResult("verify", "passed", 1.0, detail=detail, partial=True), SimpleNamespace(log_dir=Path("logs"))
+
+    monkeypatch.setattr(lifecycle, "verify_kept", verify_kept)
+    res = CliRunner().invoke(main, ["verify", str(FIX / "valid" / "full.yml"), "--quick", "-k", "munge"])
+    assert res.exit_code == 0, res.output
+    assert seen == {"select": "munge", "quick": True}
+    assert "left for the full verdict: 4 disturbing test(s)" in res.output

@@ -226,3 +226,24 @@ def test_the_cluster_fixture_needs_no_ssh_config_on_real_hosts(
         """
     )
     inner.runpytest("-p", "harness.pytest_plugin").assert_outcomes(passed=1)
+
+
+def test_the_disturbing_marker_is_registered_and_collected_ids_are_written(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        test_z="""
+        import pytest
+
+        def test_reads(host): pass
+
+        @pytest.mark.disturbing
+        def test_reboots(): pass
+        """
+    )
+    ids = inner.path / "ids"
+    args = ("-p", "harness.pytest_plugin", "--strict-markers", HOSTS, f"--harness-collected={ids}", "--collect-only")
+    inner.runpytest(*args, "-m", "disturbing").assert_outcomes()
+    assert ids.read_text().splitlines() == ["test_z.py::test_reboots"]
+    inner.runpytest(*args, "-m", "not disturbing", "-k", "mgmt01 or gpu02")
+    assert ids.read_text().splitlines() == [f"test_z.py::test_reads[ssh://{n}]" for n in ("gpu02", "mgmt01")]
+    marker_help = inner.runpytest("-p", "harness.pytest_plugin", "--markers")
+    marker_help.stdout.fnmatch_lines(["@pytest.mark.disturbing: disturbs the cluster*"])

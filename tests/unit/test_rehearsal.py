@@ -122,6 +122,12 @@ def test_green_means_up_provision_verify_passed_and_nothing_failed(tmp_path: Pat
     assert rec({**GREEN, "idempotence": "unreachable"}).verdict == "red: idempotence unreachable"
     partial = rec(GREEN, select="test_motd")
     assert not partial.green and "only tests matching -k 'test_motd'" in partial.verdict
+    quick = report(GREEN)
+    quick.record(PhaseResult("verify", "passed", partial=True))  # `--quick`: disturbing tests left out
+    record = rehearsal.from_report(sc, quick, m)
+    assert not record.green and record.partial == ("verify",)
+    assert record.verdict == "red: partial verify (part of it was left out, see the report)"
+    assert rehearsal.Rehearsal.from_dict(json.loads(json.dumps(record.to_dict()))) == record
     assert rec({"up": "failed"}).phases == {"up": "failed", **dict.fromkeys(PHASES[1:], "skipped")}
 
 

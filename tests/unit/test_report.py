@@ -15,6 +15,7 @@ from harness.report import (
     format_seconds,
     mask_secrets,
     redact,
+    render_markdown,
     secret_values,
     write_reports,
 )
@@ -181,6 +182,34 @@ def test_junit_verify_failures_the_file_does_not_name_get_their_own_case(tmp_pat
     assert (case.get("classname"), case.get("name")) == ("tiny.verify", "pytest")
     assert case.find("failure") is not None
     _assert_counts_match_testcases(root)
+
+
+def test_tests_left_out_are_named_in_every_report_as_pytest_would_name_them(tmp_path: Path) -> None:
+    junit = _verify_junit(tmp_path / "verify-junit.xml", passed=2, failed=0, skipped=0)
+    left = [
+        report.NotRun(
+            "sub/test_faults.py::TestSlurm::test_restart[ssh://gpu01]", "disturbing: left for the full verdict"
+        ),
+        report.NotRun("test_reboot.py::test_reboot", "disturbing: left for the full verdict"),
+    ]
+    verify = PhaseResult("verify", "passed", 1.0, junit=junit, partial=True, not_run=left)
+    full = RunReport("tiny", "r0", [PhaseResult("verify", "passed", 1.0, junit=junit)])
+    assert full.to_dict()["partial"] is False and "partial" not in render_markdown(full)
+    write_reports(RunReport("tiny", "r1", [verify]), tmp_path)
+
+    root = ET.parse(tmp_path / "junit.xml").getroot()
+    skipped = root.findall("testsuite[@name='tiny.verify']/testcase/skipped/..")
+    assert [(c.get("classname"), c.get("name")) for c in skipped] == [
+        ("sub.test_faults.TestSlurm", "test_restart[ssh://gpu01]"),
+        ("test_reboot", "test_reboot"),
+    ]
+    _assert_counts_match_testcases(root)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["partial"] is True
+    assert [n["name"] for n in summary["phases"]["verify"]["not_run"]] == [n.name for n in left]
+    markdown = (tmp_path / "summary.md").read_text()
+    assert markdown.startswith("# tiny: passed (partial verdict)")
+    assert "## Not run" in markdown and "- verify: `test_reboot.py::test_reboot`: disturbing: left" in markdown
 
 
 def test_junit_without_a_readable_verify_file_lists_verify_failures(tmp_path: Path) -> None:

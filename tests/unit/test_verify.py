@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
@@ -8,6 +9,7 @@ from typing import Any
 import pytest
 
 from harness import lifecycle, phases, proc, report, verify
+from harness.report import PhaseResult
 from harness.verify import VerifyResult, pytest_argv, read_junit
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
@@ -117,3 +119,181 @@ def test_without_an_ssh_config_pytest_reaches_the_hosts_through_the_inventory(
     verify.run_tests(tmp_path, nodes=["dgx01"], inventory=inv, ssh_config=None, out_dir=tmp_path / "out")
     # Empty, not inherited from the caller's shell: the plugin then uses the inventory's own settings.
     assert seen["env"]["HARNESS_SSH_CONFIG"] == "" and seen["env"]["HARNESS_INVENTORY"] == str(inv)
+
+
+# --- two passes: the quick verdict, then the disturbing tests -------------------------------------
+
+FAULTS = """\
+import pytest
+
+
+def test_gpu():
+    pytest.skip("no GPU")
+
+
+@pytest.mark.disturbing
+def test_reboot():
+    pass
+
+
+@pytest.mark.disturbing
+def test_restart():
+    assert False, "slurmctld did not come back"
+"""
+
+
+def _tests_dir(root: Path, *, with_faults: bool = True) -> Path:
+    """A scenario's tests that need no node: two that read state, a skip and, unless told
+    otherwise, two marked disturbing (one fails). --strict-markers: the plugin registers the marker."""
+    tests = root / "tests"
+    tests.mkdir(parents=True)
+    (tests / "pytest.ini").write_text("[pytest]\naddopts = --strict-markers\n")
+    (tests / "test_state.py").write_text("def test_reads():\n    pass\n\n\ndef test_reads_more():\n    pass\n")
+    if with_faults:
+        (tests / "test_faults.py").write_text(FAULTS)
+    return tests
+
+
+def _verify(
+    root: Path, tests: Path, select: str | None = None, quick: bool = False
+) -> tuple[PhaseResult, VerifyResult, list[str]]:
+    """verify_phase for real (no node is contacted: no test uses one, and without the run's
+    ssh_config a failed test is not followed by an SSH probe); and what it said, each line checked
+    to come before the second pass began."""
+    run: Any = SimpleNamespace(path=root / "run", nodes=["node01"], ssh_config=None)
+    scenario: Any = SimpleNamespace(tests="tests", resolve=lambda p: tests)
+    said: list[str] = []
+
+    def on_progress(phase: str, msg: str) -> None:
+        assert phase == "verify" and not (root / "run" / "verify-junit-disturbing.xml").exists(), "said late"
+        said.append(msg)
+
+    phase, result = phases.verify_phase(run, scenario, select, on_progress, quick=quick)
+    assert result is not None
+    return phase, result, said
+
+
+def _pytest_runs(root: Path) -> list[str]:
+    """The pytest command lines verify.log records, one per pytest process."""
+    return [line for line in (root / "run" / "logs" / "verify.log").read_text().splitlines() if line.startswith("$ ")]
+
+
+def test_marker_expressions_are_and_ed_with_the_select_expression(tmp_path: Path) -> None:
+    ssh_config, junit = tmp_path / "ssh_config", tmp_path / "j.xml"
+    argv = pytest_argv(tmp_path, ["gpu01"], ssh_config, junit, "munge", marker="not disturbing")
+    assert argv[-4:] == ["-m", "not disturbing", "-k", "munge"] and f"--junitxml={junit}" in argv
+    listing = pytest_argv(
+        tmp_path, ["gpu01"], ssh_config, None, None, marker="disturbing", collected=tmp_path / "ids", collect_only=True
+    )
+    assert "--collect-only" in listing and f"--harness-collected={tmp_path / 'ids'}" in listing
+    assert listing[-2:] == ["-m", "disturbing"] and not [a for a in listing if a.startswith("--junitxml")]
+
+
+def test_the_quick_verdict_is_said_first_then_the_full_verdict_is_both_passes(tmp_path: Path) -> None:
+    phase, result, said = _verify(tmp_path, _tests_dir(tmp_path))
+
+    assert said == ["quick verdict: 2 passed, 0 failed, 1 skipped (2 disturbing test(s) next)"]
+    assert result.quick is not None and result.quick.ok and result.quick.counts == "2 passed, 0 failed, 1 skipped"
+    assert result.disturbing == ["test_faults.py::test_reboot", "test_faults.py::test_restart"]
+    assert (result.counts, result.ok, result.rc, result.partial) == ("3 passed, 1 failed, 1 skipped", False, 1, False)
+    assert (phase.status, phase.partial, phase.not_run) == ("failed", False, [])
+    assert phase.detail == "3 passed, 1 failed, 1 skipped (quick verdict first: 2 passed, 0 failed, 1 skipped)"
+    assert [f.name for f in phase.failures] == ["test_faults::test_restart"]
+    assert "slurmctld did not come back" in phase.failures[0].message
+    # One JUnit file of both passes, under the name reports read.
+    assert phase.junit == tmp_path / "run" / "verify-junit.xml"
+    assert read_junit(phase.junit)[:3] == (3, 1, 1)
+    runs = _pytest_runs(tmp_path)
+    assert len(runs) == 3 and "--collect-only" in runs[0]
+    assert runs[1].endswith("-m not disturbing") and runs[2].endswith("-m disturbing")
+
+
+def test_quick_stops_at_the_quick_verdict_and_the_report_names_what_was_left_out(tmp_path: Path) -> None:
+    phase, result, said = _verify(tmp_path, _tests_dir(tmp_path), quick=True)
+
+    assert said == ["quick verdict: 2 passed, 0 failed, 1 skipped (2 disturbing test(s) left for the full verdict)"]
+    assert (
+        result.partial and result.ok and result.counts == "2 passed, 0 failed, 1 skipped"
+    )  # the failing one never ran
+    assert (phase.status, phase.partial) == ("passed", True)
+    assert phase.detail == (
+        "quick verdict (partial): 2 passed, 0 failed, 1 skipped; left for the full verdict: 2 disturbing test(s)"
+    )
+    assert [(n.name, n.why) for n in phase.not_run] == [
+        ("test_faults.py::test_reboot", "disturbing: left for the full verdict"),
+        ("test_faults.py::test_restart", "disturbing: left for the full verdict"),
+    ]
+    assert phase.junit is not None and read_junit(phase.junit)[:3] == (2, 0, 1)
+    assert len(_pytest_runs(tmp_path)) == 2  # what it left out is listed by collection, never run
+    assert not (tmp_path / "run" / "verify-junit-disturbing.xml").exists()
+
+    rep = report.RunReport("slurm", "r1", [report.PhaseResult("up", "passed", 1.0), phase])
+    report.write_reports(rep, tmp_path / "reports")
+    summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
+    assert summary["partial"] is True and summary["phases"]["verify"]["partial"] is True
+    assert summary["phases"]["verify"]["not_run"] == [
+        {"name": "test_faults.py::test_reboot", "why": "disturbing: left for the full verdict"},
+        {"name": "test_faults.py::test_restart", "why": "disturbing: left for the full verdict"},
+    ]
+    assert "partial" not in summary["phases"]["up"]
+    markdown = (tmp_path / "reports" / "summary.md").read_text()
+    assert markdown.startswith("# slurm: passed (partial verdict)\n")
+    assert "- verify: `test_faults.py::test_restart`: disturbing: left for the full verdict" in markdown
+    # junit.xml: the tests that ran, and those left out as skipped, with the reason.
+    [suite] = ET.parse(tmp_path / "reports" / "junit.xml").getroot().findall("testsuite[@name='slurm.verify']")
+    left = {c.get("name"): c.find("skipped") for c in suite.findall("testcase[@classname='test_faults']")}
+    assert {name: None if s is None else s.get("message") for name, s in left.items()} == {
+        "test_gpu": "no GPU",
+        "test_reboot": "disturbing: left for the full verdict",
+        "test_restart": "disturbing: left for the full verdict",
+    }
+    assert (suite.get("tests"), suite.get("skipped"), suite.get("failures")) == ("5", "3", "0")
+
+
+def test_select_narrows_both_passes_and_the_disturbing_list(tmp_path: Path) -> None:
+    _, result, said = _verify(tmp_path, _tests_dir(tmp_path), select="reboot or reads_more")
+
+    assert said == ["quick verdict: 1 passed, 0 failed, 0 skipped (1 disturbing test(s) next)"]
+    assert result.disturbing == ["test_faults.py::test_reboot"]
+    assert (result.counts, result.ok) == ("2 passed, 0 failed, 0 skipped", True)
+    runs = _pytest_runs(tmp_path)
+    assert len(runs) == 3 and all(run.endswith("-k reboot or reads_more") for run in runs)
+
+
+def test_tests_that_never_name_the_marker_run_as_one_pytest_process(tmp_path: Path) -> None:
+    for quick in (False, True):
+        root = tmp_path / str(quick)
+        phase, result, said = _verify(root, _tests_dir(root, with_faults=False), quick=quick)
+        assert (result.counts, result.ok, result.partial, result.quick) == (
+            "2 passed, 0 failed, 0 skipped",
+            True,
+            False,
+            None,
+        )
+        assert said == [] and phase.detail == result.counts and not phase.partial
+        [only] = _pytest_runs(root)
+        assert "disturbing" not in only and "--collect-only" not in only
+        assert phase.junit == root / "run" / "verify-junit.xml"
+
+
+def test_the_slurm_scenarios_disturbing_tests_are_its_resilience_tests(tmp_path: Path) -> None:
+    scenarios = Path(__file__).resolve().parents[2] / "scenarios"
+    assert [d.parent.name for d in sorted(scenarios.glob("*/tests")) if verify.names_disturbing(d)] == ["slurm"]
+    inv = tmp_path / "inventory.yml"
+    nodes = ["login01", "mgmt01", "gpu01", "gpu02"]
+    groups = {"login": nodes[:1], "mgmt": nodes[1:2], "gpu": nodes[2:]}
+    children = {g: {"hosts": dict.fromkeys(ns)} for g, ns in groups.items()}
+    inv.write_text(json.dumps({"all": {"hosts": dict.fromkeys(nodes), "children": children}}))
+    ids = tmp_path / "ids"
+    tests = scenarios / "slurm" / "tests"
+    argv = pytest_argv(
+        tests, nodes, tmp_path / "ssh_config", None, None, marker="disturbing", collected=ids, collect_only=True
+    )
+    res = proc.run(argv, cwd=tests, env={"HARNESS_INVENTORY": str(inv), "PYTHONDONTWRITEBYTECODE": "1"})
+    assert res.rc == 0, res.describe()
+    assert ids.read_text().splitlines() == [
+        "test_resilience.py::test_a_running_job_survives_a_slurmctld_restart",
+        "test_resilience.py::test_a_rebooted_gpu_node_comes_back_idle_with_its_nfs_mounts",
+        "test_resilience.py::test_stopped_slurmd_marks_the_node_down_and_back",
+        "test_resilience.py::test_nfs_mount_survives_a_server_restart",
+    ]

@@ -1,7 +1,8 @@
-"""Disruptive checks, run last: what a cluster must ride out on its own. A job survives a restart of
-slurmctld; a rebooted gpu node comes back idle with its NFS mounts; slurmd stopped marks its node
-down and, started again, the node returns by itself; the NFS server restarts under its clients.
-No test repairs what it checks: a node that needs an admin to come back fails its test."""
+"""Disruptive checks, marked `disturbing`: `harness verify` runs them after the others (whose quick
+verdict comes first) and `--quick` leaves them out. What a cluster must ride out on its own: a job
+survives a restart of slurmctld; a rebooted gpu node comes back idle with its NFS mounts; slurmd
+stopped marks its node down and, started again, the node returns by itself; the NFS server restarts
+under its clients. No test repairs what it checks: a node that needs an admin to come back fails."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import pytest
 from conftest import TEST_USER, as_user, poll
 
 from harness.pytest_plugin import journal
+
+# Each test reboots a node, restarts or stops a daemon: every test of this module disturbs the cluster.
+pytestmark = pytest.mark.disturbing
 
 LOGIN = "login01"
 # Under TCG (1 vCPU nodes) a reboot takes a minute or two; on real hosts far less.
