@@ -7,8 +7,8 @@ renames nothing into the lists directory, so its mtime stays where it was: after
 checkpoint more than `cache_valid_time` old (the clocks stepped to the host's), every apt task with
 `cache_valid_time` then updated the lists again. Debian installs nothing that writes the stamp;
 roles/common installs the hook (as Ubuntu's update-notifier-common does) before its first apt task.
-The last test runs the real apt-get against a local HTTP repository and asks the installed apt
-module's own timestamp function what it sees.
+The last test runs the real apt-get against a local HTTP repository (answering 304, or the same
+bytes again) and asks the installed apt module's own timestamp function what it sees.
 """
 
 from __future__ import annotations
@@ -92,13 +92,23 @@ def test_the_hook_touches_the_stamp_this_ansible_reads() -> None:
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
+    """Answers an unchanged If-Modified-Since with 304, as apt-cacher-ng and mirrors do."""
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
-@pytest.fixture
-def repository(tmp_path: Path) -> Iterator[str]:
-    """A flat apt repository served over HTTP on the loopback (304 to an unchanged If-Modified-Since)."""
+class _NoConditional(_Quiet):
+    """Ignores If-Modified-Since: the same bytes again, 200 (apt sees they match and counts a Hit)."""
+
+    def send_head(self) -> Any:
+        del self.headers["If-Modified-Since"]
+        return super().send_head()
+
+
+@pytest.fixture(params=[_Quiet, _NoConditional], ids=["304", "200-same-bytes"])
+def repository(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A flat apt repository served over HTTP on the loopback."""
     repo = tmp_path / "repo"
     repo.mkdir()
     packages = "Package: harness-dummy\nVersion: 1.0\nArchitecture: all\nFilename: ./dummy.deb\nSize: 1\n\n"
@@ -108,7 +118,7 @@ def repository(tmp_path: Path) -> Iterator[str]:
         f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S UTC', time.gmtime())}\n"
         f"SHA256:\n {digest} {len(packages)} Packages\n"
     )
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(repo)))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(request.param, directory=str(repo)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -180,7 +190,7 @@ def test_an_update_that_finds_nothing_new_is_seen_only_through_the_stamp(
     if stamp.exists():
         os.utime(stamp, (two_hours_ago, two_hours_ago))
     before = time.time()
-    _update(env)  # everything answers 304: a "Hit", nothing renamed into lists/
+    _update(env)  # nothing new: every index a "Hit", nothing renamed into lists/
     seen = _module_cache_time(root, stamp, monkeypatch)
     if with_hook:
         assert seen >= int(before) - 1, "the stamp was not touched: the next task would update again"
