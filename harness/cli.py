@@ -307,6 +307,13 @@ def _exit_for(ph: object) -> None:
     "converge, to rehearse a change on top of the previous version as on the real cluster).",
 )
 @click.option("--quick", is_flag=True, help=QUICK_HELP)
+@click.option(
+    "--full",
+    is_flag=True,
+    help="With --reuse --from converged: converge every unit of the playbook twice and run every test, "
+    "as a run from a new cluster would (by default only what the change can affect runs, and the "
+    "verdict is labelled partial; `harness promote` needs a full one).",
+)
 def run_cmd(
     scenario: str,
     keep: bool,
@@ -316,6 +323,7 @@ def run_cmd(
     reuse: bool,
     from_checkpoint: str | None,
     quick: bool,
+    full: bool,
 ) -> None:
     """The whole lifecycle: validate → up → provision → idempotence → verify → destroy.
 
@@ -338,6 +346,7 @@ def run_cmd(
             reuse_from=(from_checkpoint or "booted") if reuse else None,
             on_progress=progress,
             quick=quick,
+            full=full,
         )
     target = report_dir or (run.path if run else Path.cwd() / ".harness" / "reports" / sc.name)
     files = write_reports(rep, target)

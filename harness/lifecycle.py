@@ -29,6 +29,7 @@ from harness import (
     rehearsal,
     report,
     rundir,
+    scope,
 )
 from harness.errors import (
     DestroyError,
@@ -64,8 +65,11 @@ class RunContext:
     select: str | None = None
     reuse_from: str | None = None  # a checkpoint of a kept cluster to start from instead of `up`
     quick: bool = False  # verify: the quick verdict only (tests not marked disturbing), partial
+    full: bool = False  # on `converged`: converge every unit and run every test (no inner-loop scope)
     run: RunState | None = None
     results: dict[str, report.PhaseResult] = field(default_factory=dict)
+    reset_to: str | None = None  # the checkpoint `up` reset the kept cluster to
+    scope: scope.ScopeState | None = None  # the inner loop's plan on top of `converged`
 
     def passed(self, name: str) -> bool:
         return name in self.results and self.results[name].status == "passed"
@@ -128,31 +132,96 @@ def _reset(ctx: RunContext, run: RunState, name: str) -> report.PhaseResult:
         result = checkpoints.reset(run, name, lambda msg: ctx.on_progress("up", msg))
     except HarnessError as exc:
         return report.PhaseResult("up", "failed", time.monotonic() - started, [report.Failure("up", str(exc))])
-    ctx.run = run
+    ctx.run, ctx.reset_to = run, name
     skew = max(result.clock_skew_s.values(), default=0.0)
     detail = f"reused run {run.run_id}: reset to checkpoint {name!r} (clocks within {skew:.1f}s of the host)"
     ctx.on_progress("up", detail)
     return report.PhaseResult("up", "passed", time.monotonic() - started, detail=detail)
 
 
+def _scoped(ctx: RunContext) -> scope.ScopeState | None:
+    """On a reset to `converged` (and without --full): what the inner loop may leave out."""
+    if ctx.reset_to != checkpoints.CONVERGED or ctx.full:
+        return None
+    run = ctx.live_run()
+    units = phases.analyse_units(run, ctx.scenario)
+    record = scope.load_record(run.path)
+    return scope.ScopeState(units, record, first=scope.plan_first(units, record))
+
+
 def _provision(ctx: RunContext) -> report.PhaseResult:
-    ctx.on_progress("provision", "converging")
-    return phases.provision_phase(ctx.live_run(), ctx.scenario, ctx.on_progress)
+    ctx.scope = _scoped(ctx)
+    plan = ctx.scope.first if ctx.scope is not None else None
+    if plan is not None and ctx.scope is not None and ctx.scope.record is not None and not plan.run:
+        # No unit changed and nothing they share: the checkpoint's converge holds as it is.
+        ctx.scope.cutoff = True
+        phases.record_unchanged_state(ctx.live_run(), ctx.scenario, ctx.scope.record)
+        detail = f"nothing to converge: {plan.why} (proven idempotent there)"
+        ctx.on_progress("provision", detail)
+        why = "unchanged since checkpoint 'converged', where it was proven to change nothing"
+        return report.PhaseResult("provision", "passed", 0.0, detail=detail, partial=True, not_run=_units(plan, why))
+    ctx.on_progress("provision", f"converging {plan.describe()}" if plan is not None else "converging")
+    result = phases.provision_phase(ctx.live_run(), ctx.scenario, ctx.on_progress, ctx.scope)
+    if plan is not None and not plan.full:
+        result.partial = True
+        result.not_run = _units(plan, "before the first changed unit: proven to change nothing on this state")
+    return result
+
+
+def _units(plan: scope.Plan, why: str) -> list[report.NotRun]:
+    return [report.NotRun(plan.labels[i] if plan.labels else str(i), why) for i in plan.skipped]
 
 
 def _idempotence(ctx: RunContext) -> report.PhaseResult:
-    ctx.on_progress("idempotence", "converging again: nothing may change")
-    return phases.idempotence_phase(ctx.live_run(), ctx.scenario, ctx.on_progress)
+    state = ctx.scope
+    if state is not None and state.cutoff:
+        detail = "not run: the first converge changed nothing on the checkpoint's proven-idempotent state"
+        if not state.first or not state.first.run:
+            detail = "not run: nothing was converged on the checkpoint's proven-idempotent state"
+        ctx.on_progress("idempotence", detail)
+        return report.PhaseResult("idempotence", "passed", 0.0, detail=detail, partial=True)
+    plan = scope.plan_second(state.units, state.first_changed) if state is not None else None
+    if state is not None and plan is not None:
+        state.second = plan
+        ctx.on_progress("idempotence", f"converging again, {plan.describe()}: nothing may change")
+    else:
+        ctx.on_progress("idempotence", "converging again: nothing may change")
+    result = phases.idempotence_phase(ctx.live_run(), ctx.scenario, ctx.on_progress, plan)
+    if plan is not None and not plan.full:
+        result.partial = True
+        result.not_run = _units(plan, "after the last unit that changed: it changed nothing on the final state")
+    return result
 
 
 def _say(ctx: RunContext, phase: str) -> Callable[[str], None]:
     return lambda msg: ctx.on_progress(phase, msg)
 
 
+def _carried_verify(ctx: RunContext) -> report.PhaseResult | None:
+    """After an early cutoff, the verify of checkpoint `converged`'s state, when the tests are the same."""
+    state = ctx.scope
+    if state is None or not state.cutoff or state.record is None or ctx.select is not None:
+        return None
+    verified = state.record.verified
+    if not verified or verified.get("tests") != scope.tests_digest(ctx.scenario):
+        return None
+    detail = (
+        f"carried over: {verified.get('detail', 'passed')} on checkpoint 'converged''s state, which the "
+        "cluster is still in (the converge changed nothing), with the same tests"
+    )
+    ctx.on_progress("verify", detail)
+    return report.PhaseResult("verify", "passed", 0.0, detail=detail, partial=True)
+
+
 def _verify(ctx: RunContext) -> report.PhaseResult:
+    carried = _carried_verify(ctx)
+    if carried is not None:
+        return carried
     ctx.on_progress("verify", "running the scenario's tests")
     result = phases.verify_phase(ctx.live_run(), ctx.scenario, ctx.select, ctx.on_progress, ctx.quick)[0]
-    if result.status == "passed" and ctx.select is None and ctx.scenario.provision is not None:
+    if result.status == "passed" and ctx.select is None and ctx.scenario.provision is not None and not ctx.quick:
+        if ctx.passed("idempotence") or (ctx.scope is not None and ctx.scope.cutoff):
+            phases.mark_verified(ctx.live_run(), ctx.scenario, result.detail)
         # A green converge and verify: what the nodes installed, for `harness bundle build`.
         digest = rehearsal.content_manifest(ctx.scenario).digest
         node_packages.record_after_green(ctx.live_run(), ctx.scenario.name, digest, _say(ctx, "verify"))
@@ -240,13 +309,23 @@ def run_scenario(
     reuse_from: str | None = None,
     on_progress: ProgressFn = _noop,
     quick: bool = False,
+    full: bool = False,
 ) -> tuple[report.RunReport, RunState | None]:
     """validate, then SEQUENCE. Returns the report; `first_failure` turns it into an exit code.
 
     `reuse_from` (a checkpoint name): start from that checkpoint of the kept cluster of this
     scenario instead of a new one, and keep the cluster afterwards (the inner loop)."""
     check_playbook(scenario, on_progress)
-    ctx = RunContext(scenario, on_progress, keep or reuse_from is not None, idempotence, select, reuse_from, quick)
+    ctx = RunContext(
+        scenario,
+        on_progress,
+        keep or reuse_from is not None,
+        idempotence,
+        select,
+        reuse_from,
+        quick=quick,
+        full=full,
+    )
     rep = execute(SEQUENCE, ctx)
     rep.metadata = {
         "harness_version": __version__,
@@ -254,6 +333,12 @@ def run_scenario(
         "accelerator": ctx.run.accel if ctx.run is not None else "",
         "base": rep.phase("up").detail if reuse_from is not None and rep.phases else "a new cluster",
     }
+    if ctx.scope is not None:
+        rep.metadata["scope"] = {
+            "first_converge": ctx.scope.first.to_dict() if ctx.scope.first else None,
+            "second_converge": ctx.scope.second.to_dict() if ctx.scope.second else None,
+            "cutoff": ctx.scope.cutoff,
+        }
     return rep, ctx.run
 
 

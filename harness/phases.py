@@ -11,7 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
 
-from harness import ansible_events, checkpoints, inventory, offline, playbook, provision, reach, rehearsal, verify
+from harness import (
+    ansible_events,
+    checkpoints,
+    inventory,
+    offline,
+    playbook,
+    provision,
+    reach,
+    rehearsal,
+    scope,
+    verify,
+)
 from harness.errors import SpecError, UsageError
 from harness.report import Failure, PhaseResult, Status
 from harness.rundir import RunState
@@ -48,22 +59,30 @@ def write_inventory(run: RunState, scenario: Scenario, gpus: dict[str, list[str]
     return inventory.write_inventory(inv, inventory_path(run))
 
 
-def _options(run: RunState, scenario: Scenario, phase: str) -> provision.ProvisionOptions:
+def _options(
+    run: RunState, scenario: Scenario, phase: str, plan: scope.Plan | None = None
+) -> provision.ProvisionOptions:
     if scenario.provision is None:
         raise SpecError(
             str(scenario.source), ["provision: this scenario has nothing to provision (add provision.playbook)"]
         )
+    ident = provision.new_ident(phase)
+    book = scenario.resolve(scenario.provision.playbook)
+    skip_tags = None
+    if plan is not None and not plan.full:  # the inner loop runs part of the playbook (harness.scope)
+        book, skip_tags = scope.scoped_playbook(scenario, plan, run.path / "scope" / ident), scope.SKIP_TAG
     return provision.ProvisionOptions(
         private_data_dir=run.path / "ansible",
-        playbook=scenario.resolve(scenario.provision.playbook),
+        playbook=book,
         inventory=inventory_path(run),
         roles_path=playbook.roles_path(scenario),
         collections_path=playbook.collections_path(scenario),
         # An offline scenario's bundle, served for this run: where roles/common finds it.
         extra_vars={**offline.serve(run, scenario), **playbook.extra_vars(scenario)},
-        ident=provision.new_ident(phase),
+        ident=ident,
         ssh_config=run.ssh_config,
         strategy=_strategy(scenario),
+        skip_tags=skip_tags,
     )
 
 
@@ -106,9 +125,9 @@ class ThrottledProgress:
 
 
 def _converge_once(
-    run: RunState, scenario: Scenario, phase: str, on_progress: ProgressFn
+    run: RunState, scenario: Scenario, phase: str, on_progress: ProgressFn, plan: scope.Plan | None = None
 ) -> ansible_events.ProvisionResult:
-    result = provision.run_playbook(_options(run, scenario, phase), ThrottledProgress(phase, on_progress))
+    result = provision.run_playbook(_options(run, scenario, phase, plan), ThrottledProgress(phase, on_progress))
     slowest = sorted(result.task_durations, key=lambda d: d.seconds, reverse=True)
     lines = [f"{d.seconds:8.1f}s  {d.host:<12} {d.task}" for d in slowest]
     (run.log_dir / f"{phase}-task-durations.txt").write_text("\n".join(lines) + "\n")
@@ -135,14 +154,20 @@ def _first_unreachable_message(result: ansible_events.ProvisionResult) -> str:
 
 
 def converge(
-    run: RunState, scenario: Scenario, phase: str, on_progress: ProgressFn, *, settle: bool = False
+    run: RunState,
+    scenario: Scenario,
+    phase: str,
+    on_progress: ProgressFn,
+    *,
+    settle: bool = False,
+    plan: scope.Plan | None = None,
 ) -> Converge:
     """Converge; when nodes were unreachable, wait until they answer SSH again (bounded), close the
     shared connections and converge again, at most RETRIES times with a growing pause. An attempt
     with unreachable nodes is no verdict: its failures and changes do not count. With `settle`
     (idempotence), an attempt that changed something before a node dropped out is followed by one
     converge that may change things, so the judged converge starts from a converged cluster."""
-    out = Converge(_converge_once(run, scenario, phase, on_progress))
+    out = Converge(_converge_once(run, scenario, phase, on_progress, plan))
     for attempt in range(1, RETRIES + 1):
         lost = out.unreachable
         if not lost:
@@ -170,8 +195,8 @@ def converge(
         on_progress(phase, line)
         time.sleep(pause)
         if settle and changed:
-            _converge_once(run, scenario, phase, on_progress)
-        out.result = _converge_once(run, scenario, phase, on_progress)
+            _converge_once(run, scenario, phase, on_progress, plan)
+        out.result = _converge_once(run, scenario, phase, on_progress, plan)
     return out
 
 
@@ -207,39 +232,100 @@ def _retried(detail: str, retries: list[str]) -> str:
     return f"{detail} (after {len(retries)} retr{'y' if len(retries) == 1 else 'ies'})"
 
 
+def analyse_units(run: RunState, scenario: Scenario) -> scope.Units:
+    """The scenario's playbook as units (harness.scope), with what they share on this run."""
+    return scope.analyse(
+        scenario, inventory=inventory_path(run), strategy=_strategy(scenario), key=scope.run_key(run.path)
+    )
+
+
 def _checkpoint_converged(run: RunState, scenario: Scenario, on_progress: ProgressFn) -> None:
-    """A green converge is saved as checkpoint `converged`, with a digest of what was converged."""
+    """A green converge is saved as checkpoint `converged`, with a digest of what was converged and,
+    beside the run, what each unit of the playbook was (not yet proven idempotent)."""
+    scope.forget_record(run.path)
     try:
         cp = checkpoints.save(run, checkpoints.CONVERGED, rehearsal.content_manifest(scenario).short)
     except UsageError as exc:  # nodes with passed-through GPUs
         log.info("no converged checkpoint: %s", exc)
         return
+    scope.save_record(run.path, scope.UnitsRecord.of(analyse_units(run, scenario), cp.digest))
     on_progress("provision", f"checkpoint {cp.name!r} saved (content {cp.digest})")
 
 
-def provision_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn) -> PhaseResult:
+def record_unchanged_state(run: RunState, scenario: Scenario, record: scope.UnitsRecord) -> None:
+    """The converge changed nothing: checkpoint `converged` still holds the cluster's state, now
+    reached by this content; what was proven on it (idempotence, the tests) stays proven."""
+    units = analyse_units(run, scenario)
+    renewed = scope.UnitsRecord.of(units, rehearsal.content_manifest(scenario).short)
+    renewed.idempotent, renewed.verified = record.idempotent, record.verified
+    scope.save_record(run.path, renewed)
+
+
+def mark_idempotent(run: RunState) -> None:
+    record = scope.load_record(run.path)
+    if record is not None:
+        record.idempotent = True
+        scope.save_record(run.path, record)
+
+
+def mark_verified(run: RunState, scenario: Scenario, detail: str) -> None:
+    """A full green verify of the state checkpoint `converged` holds (proven idempotent)."""
+    record = scope.load_record(run.path)
+    if record is not None and record.idempotent:
+        record.verified = {"tests": scope.tests_digest(scenario), "detail": detail, "time": time.time()}
+        scope.save_record(run.path, record)
+
+
+def _changed_anything(result: ansible_events.ProvisionResult) -> bool:
+    return bool(result.changed) or any(st.changed for st in result.stats.values())
+
+
+def provision_phase(
+    run: RunState, scenario: Scenario, on_progress: ProgressFn, state: scope.ScopeState | None = None
+) -> PhaseResult:
+    """The first converge; with `state` (the inner loop), only the units its plan runs, and what it
+    changed is kept in `state` for the idempotence converge."""
     started = time.monotonic()
-    conv = converge(run, scenario, "provision", on_progress)
+    plan = state.first if state is not None else None
+    conv = converge(run, scenario, "provision", on_progress, plan=plan)
     result, seconds = conv.result, time.monotonic() - started
     if conv.unreachable:
         return unreachable_phase("provision", conv, seconds)
     detail = _retried(converge_detail(result), conv.retries)
+    if plan is not None and not plan.full:
+        detail += f"; ran {plan.describe()}"
     failures = provision.converge_verdict(result, "provision")
     if failures:
         return PhaseResult("provision", "failed", seconds, failures, detail, retries=conv.retries)
-    _checkpoint_converged(run, scenario, on_progress)
+    if state is not None and state.record is not None and state.record.idempotent and not _changed_anything(result):
+        # Nothing changed on the checkpoint's state: it still holds, now reached by this content.
+        state.cutoff = True
+        record_unchanged_state(run, scenario, state.record)
+        detail += "; changed nothing: the cluster is still in checkpoint 'converged''s state"
+    else:
+        if state is not None:
+            named = {c.host for c in result.changed}
+            unnamed = any(st.changed and h not in named for h, st in result.stats.items())
+            state.first_changed = None if unnamed else scope.changed_units(state.units, result.changed)
+        _checkpoint_converged(run, scenario, on_progress)
     return PhaseResult("provision", "passed", seconds, detail=detail, retries=conv.retries)
 
 
-def idempotence_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn) -> PhaseResult:
+def idempotence_phase(
+    run: RunState, scenario: Scenario, on_progress: ProgressFn, plan: scope.Plan | None = None
+) -> PhaseResult:
     started = time.monotonic()
-    conv = converge(run, scenario, "idempotence", on_progress, settle=True)
+    conv = converge(run, scenario, "idempotence", on_progress, settle=True, plan=plan)
     result, seconds = conv.result, time.monotonic() - started
     if conv.unreachable:
         return unreachable_phase("idempotence", conv, seconds)
     detail = _retried(converge_detail(result), conv.retries)
+    if plan is not None and not plan.full:
+        detail += f"; ran {plan.describe()}"
     failures = provision.idempotence_verdict(result, "idempotence")
     status: Status = "failed" if failures else "passed"
+    if not failures and not conv.retries:  # a settled retry may have moved past the checkpoint's state
+        mark_idempotent(run)
     return PhaseResult("idempotence", status, seconds, failures, detail, retries=conv.retries)
 
 

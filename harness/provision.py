@@ -54,6 +54,8 @@ class ProvisionOptions:
     check: bool = False
     # Ansible's `--limit`: only the hosts this pattern selects.
     limit: str | None = None
+    # Ansible's `--skip-tags` (the inner loop's skipped units, harness.scope).
+    skip_tags: str | None = None
 
 
 def new_ident(phase: str) -> str:
@@ -164,6 +166,7 @@ def run_playbook(opts: ProvisionOptions, on_progress: Callable[[Progress], None]
             envvars=envvars,
             cmdline="--check --diff" if opts.check else None,
             limit=opts.limit,
+            skip_tags=opts.skip_tags,
             event_handler=handle,
             quiet=True,
             settings={"suppress_ansible_output": True},

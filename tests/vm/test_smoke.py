@@ -44,7 +44,23 @@ def _site_copy(tmp_path: Path) -> Path:
     sc = yaml.safe_load((site / "smoke" / "scenario.yml").read_text())
     sc["provision"]["roles_path"] = ["../roles"]
     (site / "smoke" / "scenario.yml").write_text(yaml.safe_dump(sc))
+    # A second, late unit (a play of its own): the inner loop can start after roles/common.
+    _probe_role(site / "roles", "v1")
+    book = yaml.safe_load((site / "smoke" / "site.yml").read_text())
+    book.append({"name": "Leave a probe file", "hosts": "all", "become": True, "roles": [{"role": "probe"}]})
+    (site / "smoke" / "site.yml").write_text(yaml.safe_dump(book, sort_keys=False))
     return site / "smoke" / "scenario.yml"
+
+
+def _probe_role(roles: Path, version: str) -> None:
+    tasks = [
+        {
+            "name": "Write the probe file",
+            "ansible.builtin.copy": {"dest": "/etc/harness-probe", "content": f"{version}\n", "mode": "0644"},
+        }
+    ]
+    (roles / "probe" / "tasks").mkdir(parents=True, exist_ok=True)
+    (roles / "probe" / "tasks" / "main.yml").write_text(yaml.safe_dump(tasks, sort_keys=False))
 
 
 def test_run_smoke_then_promote_reset_and_reuse_the_kept_cluster(
@@ -172,23 +188,63 @@ def _checkpoints_and_reuse(tmp_path: Path, runs_dir: Path, sc: str, figure: Call
     clock = harness(runs_dir, "ssh", sc, "mgmt01", "--", "date +%s.%N")
     assert clock.returncode == 0 and abs(float(clock.stdout.strip()) - time.time()) < 2.0, clock.stdout
 
-    # Per-submission CI: --from converged, without the second converge (the full run above proved
-    # idempotence). The nightly target runs both loops whole, --reuse from booted too (a full first
-    # converge: about 5 min under TCG).
-    loops = (("converged", "converged"), ("booted", None)) if NIGHTLY else (("converged", "converged"),)
-    for base, name in loops:
+    site = Path(sc).parent.parent
+    _inner_loop(tmp_path, runs_dir, sc, site, figure)
+    if not NIGHTLY:
+        return
+    # The nightly target also runs the loop whole: --full from converged, and from booted (a full
+    # first converge: about 5 min under TCG).
+    for base, extra in (("converged", ["--from", "converged", "--full"]), ("booted", [])):
         reports = tmp_path / f"reuse-{base}"
-        argv = ["run", sc, "--reuse", "--report-dir", str(reports)] + (["--from", name] if name else [])
-        if not NIGHTLY:
-            argv.append("--skip-idempotence")
         started = time.monotonic()
-        reused = harness(runs_dir, *argv)
-        figure(f"smoke run --reuse from {base}", f"{time.monotonic() - started:.0f} s")
+        reused = harness(runs_dir, "run", sc, "--reuse", "--report-dir", str(reports), *extra)
+        figure(f"smoke run --reuse from {base} (full)", f"{time.monotonic() - started:.0f} s")
         assert reused.returncode == 0, reused.stdout + reused.stderr
         summary = json.loads((reports / "summary.json").read_text())
         assert f"reset to checkpoint {base!r}" in summary["phases"]["up"]["detail"]
         assert f"reset to checkpoint {base!r}" in summary["metadata"]["base"]
         assert summary["phases"]["destroy"]["status"] == "skipped"  # --reuse keeps the cluster
-        expected = {"provision": "passed", "idempotence": "passed" if NIGHTLY else "skipped", "verify": "passed"}
-        for phase, status in expected.items():
-            assert summary["phases"][phase]["status"] == status, (base, phase, summary["phases"][phase])
+        assert not summary["partial"], summary
+        for phase in ("provision", "idempotence", "verify"):
+            assert summary["phases"][phase]["status"] == "passed", (base, phase, summary["phases"][phase])
+
+
+def _inner_loop(tmp_path: Path, runs_dir: Path, sc: str, site: Path, figure: Callable[[str, str], None]) -> None:
+    """The edit loop on top of `converged`: a comment-only edit is answered without a converge or a
+    verify (the verdict of the checkpoint's state carried over, labelled partial); an edit of the
+    late unit converges only that unit (roles/common is skipped), and the tests run."""
+    common = site / "roles" / "common" / "tasks" / "main.yml"
+    common.write_text(common.read_text() + "# a comment only\n")
+    reports = tmp_path / "reuse-comment"
+    started = time.monotonic()
+    reused = harness(runs_dir, "run", sc, "--reuse", "--from", "converged", "--report-dir", str(reports))
+    figure("smoke comment-only edit → verdict (--reuse --from converged)", f"{time.monotonic() - started:.0f} s")
+    assert reused.returncode == 0, reused.stdout + reused.stderr
+    summary = json.loads((reports / "summary.json").read_text())
+    phases = summary["phases"]
+    assert "reset to checkpoint 'converged'" in phases["up"]["detail"]
+    assert "nothing to converge" in phases["provision"]["detail"], phases["provision"]
+    assert "not run" in phases["idempotence"]["detail"], phases["idempotence"]
+    assert "carried over" in phases["verify"]["detail"], phases["verify"]
+    assert summary["partial"] and summary["metadata"]["scope"]["cutoff"], summary
+    assert not json.loads((reports / "rehearsal.json").read_text())["green"]  # partial: promote refuses it
+
+    _probe_role(site / "roles", "v2")
+    reports = tmp_path / "reuse-edit"
+    started = time.monotonic()
+    argv = ["run", sc, "--reuse", "--from", "converged", "--report-dir", str(reports)]
+    reused = harness(runs_dir, *argv, *([] if NIGHTLY else ["--skip-idempotence"]))
+    figure(
+        "smoke one-task edit of a late role → verdict (--reuse --from converged)", f"{time.monotonic() - started:.0f} s"
+    )
+    assert reused.returncode == 0, reused.stdout + reused.stderr
+    summary = json.loads((reports / "summary.json").read_text())
+    phases = summary["phases"]
+    assert phases["provision"]["status"] == "passed" and "ran 1 of 2 units" in phases["provision"]["detail"], phases
+    assert summary["metadata"]["scope"]["first_converge"]["skipped"] == [
+        "play 1 (Apply the common baseline to every node): role common"
+    ]
+    assert phases["verify"]["status"] == "passed" and "carried" not in phases["verify"]["detail"], phases["verify"]
+    assert summary["partial"], summary
+    probe = harness(runs_dir, "ssh", sc, "gpu01", "--", "cat /etc/harness-probe")
+    assert probe.stdout.strip() == "v2", probe.stdout + probe.stderr
