@@ -125,3 +125,101 @@ def test_up_is_told_whether_the_cluster_outlives_the_run(
     monkeypatch.setattr(nodes, "up", up)
     lifecycle.SEQUENCE[0].work(_ctx(tmp_path, keep=keep))
     assert asked == [keep]
+
+
+# --- the inner loop on top of `converged` (harness.scope), with fake converges and tests --------------
+
+
+def _scoped_ctx(tmp_path: Path, **kw: Any) -> lifecycle.RunContext:
+    ctx = _ctx(tmp_path, **kw)
+    (tmp_path / "roles" / "r" / "tasks").mkdir(parents=True)
+    (tmp_path / "roles" / "r" / "tasks" / "main.yml").write_text("- name: t\n  ansible.builtin.ping:\n")
+    (tmp_path / "site.yml").write_text("- hosts: all\n  roles: [r]\n")
+    (tmp_path / "tests" / "test_x.py").write_text("def test_x():\n    pass\n")
+    run_dir = tmp_path / ".harness" / "runs" / "t-000001"  # never content (rehearsal._SKIP_DIRS)
+    run_dir.mkdir(parents=True)
+    ctx.run = RunState("t-000001", "t", "s.yml", str(run_dir), 1, "up")
+    ctx.reset_to = "converged"
+    return ctx
+
+
+def _record(ctx: lifecycle.RunContext, *, idempotent: bool, verified_tests: str | None) -> None:
+    from harness import phases, scope
+
+    run = ctx.live_run()
+    record = scope.UnitsRecord.of(phases.analyse_units(run, ctx.scenario), "c0ffee")
+    record.idempotent = idempotent
+    if verified_tests is not None:
+        record.verified = {"tests": verified_tests, "detail": "7 passed, 0 failed, 0 skipped"}
+    scope.save_record(run.path, record)
+
+
+def _fake_phases(monkeypatch: pytest.MonkeyPatch, calls: list[str]) -> None:
+    from harness import phases
+
+    def provision_phase(run: Any, scenario: Any, on_progress: Any, state: Any = None) -> report.PhaseResult:
+        calls.append(f"provision:{'full' if state is None or state.first.full else 'scoped'}")
+        return report.PhaseResult("provision", "passed", 1.0)
+
+    def idempotence_phase(run: Any, scenario: Any, on_progress: Any, plan: Any = None) -> report.PhaseResult:
+        calls.append("idempotence")
+        return report.PhaseResult("idempotence", "passed", 1.0)
+
+    def verify_phase(*args: Any, **kw: Any) -> tuple[report.PhaseResult, None]:
+        calls.append("verify")
+        return report.PhaseResult("verify", "passed", 1.0, detail="1 passed"), None
+
+    monkeypatch.setattr(phases, "provision_phase", provision_phase)
+    monkeypatch.setattr(phases, "idempotence_phase", idempotence_phase)
+    monkeypatch.setattr(phases, "verify_phase", verify_phase)
+    monkeypatch.setattr(lifecycle.node_packages, "record_after_green", lambda *a, **k: None)
+
+
+def _steps_after_up(ctx: lifecycle.RunContext) -> dict[str, report.PhaseResult]:
+    ctx.results["up"] = report.PhaseResult("up", "passed")
+    for step in lifecycle.SEQUENCE[1:4]:
+        ctx.results[step.name] = step.work(ctx) if step.applies(ctx) else report.PhaseResult(step.name, "skipped")
+    return ctx.results
+
+
+def test_nothing_changed_is_answered_without_converge_or_tests_and_labelled_partial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness import scope
+
+    calls: list[str] = []
+    _fake_phases(monkeypatch, calls)
+    ctx = _scoped_ctx(tmp_path)
+    _record(ctx, idempotent=True, verified_tests=scope.tests_digest(ctx.scenario))
+    (tmp_path / "roles" / "r" / "tasks" / "main.yml").write_text("# a comment\n- name: t\n  ansible.builtin.ping:\n")
+    results = _steps_after_up(ctx)
+    assert calls == []
+    assert "nothing to converge" in results["provision"].detail and results["provision"].partial
+    assert results["idempotence"].status == "passed" and results["idempotence"].partial
+    assert "carried over: 7 passed" in results["verify"].detail and results["verify"].partial
+    assert [n.name for n in results["provision"].not_run] == ["play 1: role r"]
+
+
+def test_changed_tests_are_run_even_when_nothing_else_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    _fake_phases(monkeypatch, calls)
+    ctx = _scoped_ctx(tmp_path)
+    _record(ctx, idempotent=True, verified_tests="an-older-digest")
+    results = _steps_after_up(ctx)
+    assert calls == ["verify"]
+    assert results["verify"].detail == "1 passed" and not results["verify"].partial
+
+
+@pytest.mark.parametrize(("full", "idempotent"), [(True, True), (False, False)])
+def test_full_or_an_unproven_checkpoint_converges_everything_twice_and_tests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, full: bool, idempotent: bool
+) -> None:
+    from harness import scope
+
+    calls: list[str] = []
+    _fake_phases(monkeypatch, calls)
+    ctx = _scoped_ctx(tmp_path, full=full)
+    _record(ctx, idempotent=idempotent, verified_tests=scope.tests_digest(ctx.scenario))
+    results = _steps_after_up(ctx)
+    assert calls == ["provision:full", "idempotence", "verify"]
+    assert not any(r.partial for r in results.values())
