@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
 # Benchmark (figures, not a test): the rehearsal loops of one scenario, side by side, on this host,
 # in one invocation:
-#   1. naive            harness run S                          new cluster, destroyed at the end
-#   2. kept             harness run S' --keep                  from nothing to a green verdict, kept
-#   3. reuse-booted     harness run S' --reuse                 the kept cluster reset to `booted`
-#   4. reuse-converged  harness run S' --reuse --from converged, after a one-task edit of roles/common
+#   1. naive         harness run S                          new cluster, destroyed at the end
+#   2. kept          harness run S' --keep                  from nothing to a green verdict, kept
+#   3. reuse-booted  harness run S' --reuse                 the kept cluster reset to `booted`
+#   then the inner loop, each `harness run S' --reuse --from converged` after its own edit of the copy:
+#   4. edit-first    a one-task edit of roles/common (the first role: the worst case)
+#   5. edit-late     a one-task edit of a late role: the scenario's own role in the playbook's last play
+#                    with roles (slurm: roles/slurm), else that play's last role; not applicable
+#                    where that is roles/common (smoke); BENCH_LATE_ROLE=ROLE names another
+#   6. comment       a comment-only edit of roles/common
 # S' is a temporary copy of the scenario (same name) whose roles_path ends with a temporary copy of
-# roles/; only that copy is edited, never the checkout. A kept cluster is found by its scenario
-# *file*, so loops 2-4 (and `status`, `destroy`) all use S'. The cluster is destroyed at the end,
-# also on failure or interrupt. Prints, and writes to R/bench.md, the seconds of each phase
-# (summary.json), the ratio to the naive loop, the cluster's host RSS after loops 2 and 4, and the
-# date and load average at start and end. Exit 1 if a loop failed or did not run (after the table).
+# roles/; only that copy is edited, never the checkout, and the edits add up. A kept cluster is found
+# by its scenario *file*, so loops 2-6 (and `status`, `destroy`) all use S'. The cluster is destroyed
+# at the end, also on failure or interrupt. Prints, and writes to R/bench.md, the seconds of each
+# phase (summary.json), the full and the quick verdict's seconds (up + provision + idempotence +
+# verify's first pass) and their ratios to the naive loop's, whether the verdict was partial, the
+# cluster's host RSS after loops 2 and 4-6, and the date and load average at start and end. Exit 1
+# if a loop failed or did not run (after the table); skipped and not applicable loops are no failure.
 #   sudo ./ci/bench.sh            # smoke
 #   sudo ./ci/bench.sh slurm      # R = ${HARNESS_REPORT_DIR:-reports}/bench-<scenario name>
-#   sudo BENCH_SKIP="naive reuse-booted" ./ci/bench.sh slurm
+#   sudo BENCH_SKIP="reuse-booted" ./ci/bench.sh slurm
 #                                 # loops left out (shown as skipped); without the naive loop the ratios
 #                                 # are to loop 2 (kept: the same phases from nothing, without destroy)
 # Prerequisite: ./ci/bootstrap.sh (the venv, the host set up, the box built).
@@ -36,7 +43,8 @@ fi
 name=$($py ci/bench.py name "$scenario") || exit 2
 R=${HARNESS_REPORT_DIR:-reports}/bench-$name
 mkdir -p "$R" || exit 1
-rm -rf -- "$R/naive" "$R/kept" "$R/reuse-booted" "$R/reuse-converged" "$R/runs.tsv" "$R/bench.md" \
+rm -rf -- "$R/naive" "$R/kept" "$R/reuse-booted" "$R/reuse-converged" "$R/edit-first" "$R/edit-late" \
+    "$R/comment" "$R/runs.tsv" "$R/bench.md" \
     "$R/setup.json" "$R/host-start.json" "$R/host-end.json" "$R"/rss-*.json
 work=$(mktemp -d "${TMPDIR:-/tmp}/harness-bench-$name.XXXXXX") || exit 1
 copy=""   # the copy's scenario file, once made
@@ -132,6 +140,11 @@ not_run() {  # LOOP REASON
     failed=1
 }
 
+not_applicable() {  # LOOP WHY: recorded, no failure
+    printf '%s\t-\t\t\t%s\n' "$1" "$2" >>"$R/runs.tsv"
+    echo "== $1: $2"
+}
+
 skipped() {  # LOOP: true (and recorded) when BENCH_SKIP names LOOP
     case " ${BENCH_SKIP:-} " in
         *" $1 "*)
@@ -151,7 +164,7 @@ $py ci/bench.py stamp "$R" start
 [ "$("$h" status "$scenario" --json 2>/dev/null | $py -c 'import json,sys; print(json.load(sys.stdin)["state"])' 2>/dev/null)" = up ] \
     && echo "bench: note: a kept cluster of $scenario is up (not touched here): it loads the host" >&2
 
-# The copy first (loops 2-4 use its file), checked before any VM boots.
+# The copy first (loops 2-6 use its file), checked before any VM boots.
 copy=$($py ci/bench.py prepare "$scenario" "$work" "$R") || exit 2
 echo "copy of the scenario: $copy"
 "$h" validate "$copy" || exit 2
@@ -167,11 +180,29 @@ elif [ "$(cluster_state)" = up ]; then
 else
     not_run reuse-booted "no kept cluster after loop 2 (kept)"
 fi
-$py ci/bench.py edit "$work" "$R" || exit 1
-if [ "$(cluster_state)" = up ]; then
-    run_loop reuse-converged run "$copy" --reuse --from converged --report-dir "$R/reuse-converged"
-    rss_after reuse-converged
-else
-    not_run reuse-converged "no kept cluster after the loops before"
-fi
+
+edit_loop() {  # LOOP EDIT-ARGS...: edit the copy (`bench.py EDIT-ARGS`), then converge it on the kept cluster
+    local loop=$1
+    shift
+    skipped "$loop" && return 0
+    if [ "$(cluster_state)" != up ]; then
+        not_run "$loop" "no kept cluster after the loops before"
+        return 0
+    fi
+    if ! $py ci/bench.py "$@"; then
+        not_run "$loop" "the edit of the copy failed: bench.py $*"
+        return 0
+    fi
+    run_loop "$loop" run "$copy" --reuse --from converged --report-dir "$R/$loop"
+    rss_after "$loop"
+}
+
+edit_loop edit-first edit "$work" "$R" edit-first
+late=$($py ci/bench.py late-role "$R")
+case $? in
+    0) edit_loop edit-late edit "$work" "$R" edit-late "$late" ;;
+    3) skipped edit-late || not_applicable edit-late "$late" ;;
+    *) not_run edit-late "no late role: bench.py late-role $R failed" ;;
+esac
+edit_loop comment comment "$work" "$R" comment
 exit "$failed"  # finish (EXIT trap): destroy, end stamp, table

@@ -384,4 +384,6 @@ def verify_phase(
     phase = PhaseResult(
         "verify", status, seconds, failures, detail, result.junit, retries, result.partial, result.not_run
     )
+    if result.quick is not None and not result.partial:  # two passes: the first one's seconds
+        phase.quick_seconds = result.quick.seconds
     return phase, result

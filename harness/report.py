@@ -104,6 +104,9 @@ class PhaseResult:
     # work was left out on purpose, named in not_run with why; such a run is never a green rehearsal.
     partial: bool = False
     not_run: list[NotRun] = field(default_factory=list)
+    # verify's first pass alone (the tests not marked disturbing), when two passes ran: the quick
+    # verdict came this many seconds into the phase, plus the collect-only listing before it.
+    quick_seconds: float | None = None
 
 
 @dataclass
@@ -163,6 +166,8 @@ def _phase_dict(p: PhaseResult) -> dict[str, Any]:
         "failures": [{"name": f.name, "message": f.message} for f in p.failures],
         "retries": list(p.retries),
     }
+    if p.quick_seconds is not None:
+        out["quick_seconds"] = round(p.quick_seconds, 3)
     if p.partial or p.not_run:
         out["partial"] = p.partial
         out["not_run"] = [{"name": n.name, "why": n.why} for n in p.not_run]

@@ -206,6 +206,11 @@ def test_the_quick_verdict_is_said_first_then_the_full_verdict_is_both_passes(tm
     runs = _pytest_runs(tmp_path)
     assert len(runs) == 3 and "--collect-only" in runs[0]
     assert runs[1].endswith("-m not disturbing") and runs[2].endswith("-m disturbing")
+    # The first pass's own seconds, for the quick verdict's time (ci/bench.sh), in summary.json.
+    assert phase.quick_seconds == result.quick.seconds and 0 < phase.quick_seconds < phase.seconds
+    report.write_reports(report.RunReport("slurm", "r1", [phase]), tmp_path / "reports")
+    summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
+    assert summary["phases"]["verify"]["quick_seconds"] == round(result.quick.seconds, 3)
 
 
 def test_quick_stops_at_the_quick_verdict_and_the_report_names_what_was_left_out(tmp_path: Path) -> None:
@@ -236,6 +241,8 @@ def test_quick_stops_at_the_quick_verdict_and_the_report_names_what_was_left_out
         {"name": "test_faults.py::test_restart", "why": "disturbing: left for the full verdict"},
     ]
     assert "partial" not in summary["phases"]["up"]
+    # verify is the quick pass itself: no quick_seconds of its own
+    assert phase.quick_seconds is None and "quick_seconds" not in summary["phases"]["verify"]
     markdown = (tmp_path / "reports" / "summary.md").read_text()
     assert markdown.startswith("# slurm: passed (partial verdict)\n")
     assert "- verify: `test_faults.py::test_restart`: disturbing: left for the full verdict" in markdown
