@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from harness import lifecycle, nodes, report
+from harness import lifecycle, node_packages, nodes, report
 from harness.errors import DestroyError, IdempotenceError, Interrupted, ProviderError, ProvisionError, VerifyError
 from harness.rundir import RunState
 from harness.spec import parse_scenario
@@ -172,7 +172,7 @@ def _fake_phases(monkeypatch: pytest.MonkeyPatch, calls: list[str]) -> None:
     monkeypatch.setattr(phases, "provision_phase", provision_phase)
     monkeypatch.setattr(phases, "idempotence_phase", idempotence_phase)
     monkeypatch.setattr(phases, "verify_phase", verify_phase)
-    monkeypatch.setattr(lifecycle.node_packages, "record_after_green", lambda *a, **k: None)
+    monkeypatch.setattr(node_packages, "record_after_green", lambda *a, **k: None)
 
 
 def _steps_after_up(ctx: lifecycle.RunContext) -> dict[str, report.PhaseResult]:
