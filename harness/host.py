@@ -45,6 +45,8 @@ APT_PACKAGES = (
 )
 # Where `ensure_pool` puts libvirt's storage pool (lv.POOL) when the host has none.
 POOL_PATH = "/var/lib/libvirt/images"
+
+
 def meminfo_mib() -> dict[str, int]:
     out: dict[str, int] = {}
     for line in Path("/proc/meminfo").read_text().splitlines():
