@@ -168,11 +168,15 @@ class _Roles:
     """Role directories found the way Ansible finds them: the playbook's roles/, then the roles path."""
 
     def __init__(self, book: Path, path: list[Path]) -> None:
+        self.base = book.parent
         self.dirs = [book.parent / "roles", *path]
         self._cache: dict[str, tuple[Path | None, Behaviour, list[str], str]] = {}
 
     def find(self, name: str) -> Path | None:
-        if "." in name:  # a collection's role: collections are shared content
+        if "/" in name:  # a role given by its path, relative to the playbook
+            path = self.base / name
+            return path if path.is_dir() else None
+        if "." in name:  # a collection's role (analyse: only from tracked collections)
             return None
         for d in self.dirs:
             if (d / name / "tasks").is_dir() or (d / name / "meta").is_dir():
@@ -302,6 +306,8 @@ def analyse(scenario: Scenario, *, inventory: Path | None, strategy: str, key: b
             if name is None or "{{" in name:
                 problems.append(f"{title}: a role entry without a fixed name")
                 continue
+            if "." in name and "/" not in name and scenario.provision.collections is None:
+                problems.append(f"{title}: role {name} comes from a collection this scenario does not install")
             parts.append((f"role {name}", entry, roles.closure(name)))
         for section in ("tasks", "post_tasks"):
             if play.get(section):

@@ -392,3 +392,19 @@ def test_real_ansible_handlers_of_skipped_roles_still_run(tmp_path: Path) -> Non
     assert (cluster.state / "handled").read_text() == "yes\n"
     assert {c.task for c in result.changed} == {"b writes", "a handler"}
     assert scope.changed_units(units, result.changed) == {0, 1}
+
+
+def test_a_role_given_by_path_is_digested_and_an_untracked_collection_role_runs_everything(tmp_path: Path) -> None:
+    sc = _project(tmp_path, THREE)
+    _role(tmp_path / "elsewhere", "p", [_file_task("p writes", "p", "p\n")])
+    _write(sc.base_dir / "site.yml", [{"hosts": "all", "roles": ["a", "../elsewhere/roles/p"]}])
+    # `../` in the playbook: its copy could not resolve it, so such a playbook always runs whole;
+    # the role's own files still make its digest.
+    before = _units(sc)
+    assert before.units[1].roles == ("../elsewhere/roles/p",) and before.problems
+    _role(tmp_path / "elsewhere", "p", [_file_task("p writes", "p", "p2\n")])
+    assert _units(sc).units[1].digest != before.units[1].digest
+    _write(sc.base_dir / "site.yml", [{"hosts": "all", "roles": ["a", "acme.tools.thing"]}])
+    units = _units(sc)
+    plan = scope.plan_first(units, _proven(units))
+    assert plan.full and "collection this scenario does not install" in plan.why
