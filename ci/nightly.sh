@@ -14,8 +14,10 @@
 #   three kills took 7 min; per-submission CI kills at up only), the drift and failing-test runs
 #   apart (test_run_phases.py: exit 12 with verify passed, exit 13; per-submission CI runs both
 #   failures in one boot), the offline smoke run's idempotence converge, test_smoke.py's
-#   `--reuse` from `booted` (a full first converge, about 5 min) and the second converge of both its
-#   --reuse runs (about 2 min each under TCG), and slurm's second converge (161 s quiet; per-submission
+#   `--reuse` from `booted` (a full first converge, about 5 min), its `--reuse --from converged
+#   --full` (the whole loop, about 2 min) and the second converge of its scoped edit loop
+#   (per-submission CI runs the comment-only edit, 14 s, and the scoped first converge of a late
+#   role's edit, 76 s), and slurm's second converge (161 s quiet; per-submission
 #   CI checks idempotence on smoke and on the site role set) and its selected `verify -k munge`
 #   rerun on its kept cluster (44 s; per-submission CI reruns verify on smoke);
 # - the slurm cluster under load: with a second cluster (cluster3, three busy nodes) running beside
