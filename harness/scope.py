@@ -36,7 +36,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,6 @@ SKIP_TAG = "harness_scope_skip"
 RECORD_FILE = "converged-units.json"
 KEY_FILE = "scope.key"
 SCHEMA = 1
-_SECTIONS = ("pre_tasks", "tasks", "post_tasks")
 _INCLUDE_ROLE = {
     f"{p}{m}" for p in ("", "ansible.builtin.", "ansible.legacy.") for m in ("include_role", "import_role")
 }
@@ -641,5 +640,5 @@ class ScopeState:
     record: UnitsRecord | None
     first: Plan | None = None
     second: Plan | None = None
-    first_changed: set[int] | None = field(default=None)
+    first_changed: set[int] | None = None
     cutoff: bool = False  # the first converge changed nothing: the cluster is in the checkpoint's state
