@@ -15,7 +15,6 @@ and mtime, so later runs pay a stat, not a comparison.
 
 from __future__ import annotations
 
-import fcntl
 import filecmp
 import json
 import logging
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import libvirt
 
+from harness import flock
 from harness.errors import ProviderError
 from harness.paths import state_dir
 from harness.provider import libvirt as lv
@@ -130,8 +130,7 @@ def ensure(box: str, version: str, on_progress: Callable[[str], None] = lambda _
     if not image.is_file():
         raise ProviderError(f"box {box} {version} has no disk image at {image}: rebuild it (`harness box build`).")
     name = volume_name(box, version)
-    with image.open("rb") as lock, lv.connect() as conn:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with flock.exclusive(image, "rb"), lv.connect() as conn:
         try:
             pool = conn.storagePoolLookupByName(lv.POOL)
             pool.refresh(0)
@@ -149,5 +148,3 @@ def ensure(box: str, version: str, on_progress: Callable[[str], None] = lambda _
             return name
         except libvirt.libvirtError as exc:
             raise ProviderError(f"cannot put box {box} {version} into storage pool {lv.POOL}: {exc}") from exc
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)

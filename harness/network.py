@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
-from harness import proc
+from harness import flock, proc
 from harness.errors import HostError
 from harness.paths import state_dir
 
@@ -76,11 +74,5 @@ def choose_subnets(
 @contextlib.contextmanager
 def network_lock() -> Iterator[None]:
     """Held from choosing subnets until their libvirt networks exist, so two runs never pick the same."""
-    path: Path = state_dir() / "network.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with flock.exclusive(state_dir() / "network.lock"):
+        yield

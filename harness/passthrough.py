@@ -9,7 +9,6 @@ libvirt domains hold and the lock files of other harness runs, and reports every
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -17,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import pci
+from harness import flock, pci
 from harness.errors import HostError
 from harness.gpus import DEFAULT_VENDORS, IOMMU_ADVICE, Discovery, PciDevice, iommu_off_problem
 from harness.paths import state_dir
@@ -126,13 +125,8 @@ def stale_locks(lockdir: Path) -> list[DeviceLock]:
 @contextmanager
 def _guard(lockdir: Path) -> Iterator[None]:
     """Serialise lock changes between harness processes, so a stale lock is taken over by one only."""
-    lockdir.mkdir(parents=True, exist_ok=True)
-    with (lockdir / _GUARD).open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with flock.exclusive(lockdir / _GUARD):
+        yield
 
 
 def _create_lock(path: Path, run_id: str) -> bool:

@@ -15,7 +15,6 @@ of exactly the content it is about to apply, and otherwise says which files chan
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -26,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness import __version__, playbook
+from harness import __version__, flock, playbook
 from harness.errors import SpecError
 from harness.paths import state_dir
 from harness.report import RunReport, is_secret_key, redact
@@ -295,14 +294,9 @@ def ledger_path() -> Path:
 def append_to_ledger(record: Rehearsal, ledger: Path | None = None) -> Path:
     """Append one line to the ledger (locked, so runs side by side never interleave their lines)."""
     path = ledger or ledger_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(record.to_dict(), sort_keys=True, default=str) + "\n"
-    with path.open("a", encoding="utf-8") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            fh.write(line)
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with flock.exclusive(path) as fh:
+        fh.write(line)
     return path
 
 
