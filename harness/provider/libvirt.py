@@ -6,11 +6,12 @@ even when Vagrant's own state is lost or half-written.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,11 @@ def _quiet(_ctx: object, _err: object) -> None:
     """libvirt prints every error to stderr by default; we report them ourselves."""
 
 
-libvirt.registerErrorHandler(_quiet, None)
+@functools.cache
+def _quiet_libvirt() -> None:
+    """Install `_quiet` as libvirt's error handler, once, when the harness first opens a connection:
+    never at import (importing the harness changes nothing in the process)."""
+    libvirt.registerErrorHandler(_quiet, None)
 
 
 @dataclass
@@ -77,6 +82,7 @@ class DomainStatus:
 
 @contextmanager
 def connect(uri: str = URI) -> Iterator[libvirt.virConnect]:
+    _quiet_libvirt()
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as exc:
@@ -105,17 +111,35 @@ def gateway_address(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
     return next(subnet.hosts())
 
 
-def network_xml(name: str, subnet: ipaddress.IPv4Network, *, nat: bool, dhcp: bool | None = None) -> str:
+def network_xml(
+    name: str,
+    subnet: ipaddress.IPv4Network,
+    *,
+    nat: bool,
+    dhcp: bool | None = None,
+    names: Mapping[str, str] | None = None,
+) -> str:
     """A run network. `nat`: VMs reach beyond the host through NAT. Without it the network is
     isolated: VMs reach each other and the host's bridge address, nothing else, and libvirt's DHCP
     hands out no default route. `dhcp` (default: the same as `nat`) serves addresses from the
-    subnet; vagrant-libvirt finds its VMs by their DHCP leases on the management network."""
+    subnet; vagrant-libvirt finds its VMs by their DHCP leases on the management network.
+
+    `names` (node name -> address) become the network's DNS host entries: libvirt's dnsmasq on the
+    bridge answers them forward and reverse, from the moment the network starts, as a site's DNS
+    answers its inventory names. libvirt gives that dnsmasq `no-resolv` and no `server=` line
+    unless the XML names a forwarder, and this XML names none: it answers only these names (and
+    its DHCP clients'), refuses every other one and asks no outside resolver."""
     hosts = list(subnet.hosts())
     net = ET.Element("network")
     ET.SubElement(net, "name").text = name
     if nat:
         ET.SubElement(net, "forward", mode="nat")
     ET.SubElement(net, "bridge", stp="on", delay="0")
+    if names:
+        dns = ET.SubElement(net, "dns")
+        for node, address in names.items():
+            entry = ET.SubElement(dns, "host", ip=address)
+            ET.SubElement(entry, "hostname").text = node
     ip = ET.SubElement(net, "ip", address=str(gateway_address(subnet)), netmask=str(subnet.netmask))
     if dhcp if dhcp is not None else nat:
         leases = ET.SubElement(ip, "dhcp")
@@ -138,10 +162,16 @@ def libvirt_networks(conn: libvirt.virConnect) -> list[ipaddress.IPv4Network]:
 
 
 def create_network(
-    conn: libvirt.virConnect, name: str, subnet: ipaddress.IPv4Network, *, nat: bool, dhcp: bool | None = None
+    conn: libvirt.virConnect,
+    name: str,
+    subnet: ipaddress.IPv4Network,
+    *,
+    nat: bool,
+    dhcp: bool | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> None:
     try:
-        net = conn.networkDefineXML(network_xml(name, subnet, nat=nat, dhcp=dhcp))
+        net = conn.networkDefineXML(network_xml(name, subnet, nat=nat, dhcp=dhcp, names=names))
         net.create()
     except libvirt.libvirtError as exc:
         raise ProviderError(f"cannot create libvirt network {name} ({subnet}): {exc.get_error_message()}") from exc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from harness.provider import libvirt as lv
@@ -41,3 +43,25 @@ def test_tb_cache_read_from_domain_xml() -> None:
     assert lv.tb_cache_mib(xml("<tcg><tb-cache unit='KiB'>131072</tb-cache></tcg>")) == 128
     assert lv.tb_cache_mib(xml("<tcg><tb-cache>262144</tb-cache></tcg>")) == 256  # libvirt's unit: KiB
     assert lv.tb_cache_mib(xml("<acpi/><apic/><pae/>")) is None
+
+
+# Counts libvirt.registerErrorHandler's calls around importing the provider and connecting twice.
+_HANDLER_PROBE = """
+import libvirt
+calls = []
+libvirt.registerErrorHandler = lambda f, ctx: calls.append(f)
+from harness.provider import libvirt as lv
+at_import = len(calls)
+class Conn:
+    def close(self): pass
+libvirt.open = lambda uri: Conn()
+for _ in range(2):
+    with lv.connect():
+        pass
+print(at_import, len(calls))
+"""
+
+
+def test_libvirts_error_handler_is_set_on_the_first_connection_not_at_import() -> None:
+    out = subprocess.run([sys.executable, "-c", _HANDLER_PROBE], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "1"], out.stdout + out.stderr
