@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from harness import proc
 from harness.errors import ProviderError
 
 # Runs on the node as root (python3 is in every box: Ansible needs it). Lines in, lines out:
@@ -49,7 +50,13 @@ class _Session:
     def __init__(self, argv: Sequence[str], timeout: float) -> None:
         self.deadline = time.monotonic() + timeout
         self.proc = subprocess.Popen(
-            list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env=proc.child_env(),  # the run's mark: its teardown ends this session too
         )
 
     def line(self) -> str:

@@ -40,7 +40,7 @@ from harness.provider import libvirt as lv
 from harness.render import BOOT_TIMEOUT_S, MAX_BOOT_TIMEOUT_S, build_view, private_ips, render_vagrantfile
 from harness.rundir import RunState
 from harness.spec import Scenario
-from harness.vagrant import VagrantEnvironment, kill_descendants
+from harness.vagrant import VagrantEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -278,12 +278,24 @@ def teardown(run: RunState, *, graceful: bool = True) -> None:
 
     Vagrant first when the run got that far (graceful); otherwise, or after, every process the
     harness started is stopped and waited for, then libvirt is swept until it stays empty. Only an
-    empty listing records `destroyed`; otherwise DestroyError (exit 14) says what is left."""
-    run.state = "destroying"
-    rundir.save(run)
+    empty listing records `destroyed`; otherwise DestroyError (exit 14) says what is left.
+
+    This process owns the run from the start (rundir.claim_for_teardown: `gc` leaves it alone, and
+    UsageError here when another live process creates or destroys it)."""
+    rundir.claim_for_teardown(run)
+    proc.mark_children(run.run_id)  # a Vagrant this teardown starts is the run's too, for gc
+    try:
+        _remove(run, graceful=graceful)
+    finally:
+        proc.unmark_children(run.run_id)
+
+
+def _remove(run: RunState, *, graceful: bool) -> None:
     if graceful and (run.path / "Vagrantfile").exists() and (run.path / ".vagrant").exists():
         VagrantEnvironment(run.path, run.log_dir / "vagrant.log").destroy()
-    kill_descendants()  # waits until the process tree is gone: no client of the run is left
+    # Waits until they are gone: no client of the run is left. Only the run's own processes (its
+    # mark, proc.RUN_ENV), never another child of this process (a test runner's).
+    proc.end_run_processes(run.run_id)
     offline.unserve(run.run_id)
     left = sweep.sweep_when_libvirt_answers(run.prefix)
     if not left.empty():
@@ -297,11 +309,12 @@ def teardown(run: RunState, *, graceful: bool = True) -> None:
     run.state = "destroyed"
     rundir.save(run)
     rundir.forget(run.run_id)
-    proc.unmark_children(run.run_id)
 
 
 def destroy(scenario: Scenario) -> RunState:
-    run = rundir.require_active_run(scenario)
+    """Tear down the scenario's newest cluster: one that is up, or one whose teardown was cut off
+    (`destroying`; UsageError while another process still runs it)."""
+    run = rundir.active_run(scenario, (*rundir.ACTIVE_STATES, "destroying")) or rundir.require_active_run(scenario)
     teardown(run)
     return run
 

@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 def child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a child process: ours, with PATH finding the harness's own tools first
-    (a fresh root shell has no virtualenv on PATH), then `env` on top."""
-    return {**os.environ, "PATH": tools.search_path(), **(env or {})}
+    (a fresh root shell has no virtualenv on PATH), the run's mark (`run_marker`), then `env` on top."""
+    return {**os.environ, "PATH": tools.search_path(), **run_marker(), **(env or {})}
 
 
 @dataclass(frozen=True)
@@ -204,14 +204,26 @@ def same_process(pid: int, started: int) -> bool:
 RUN_ENV = "HARNESS_RUN_ID"
 
 
+# The mark the harness's children get (RUN_ENV → run id), passed in each child's environment
+# argument (child_env, run_marker), never written to os.environ: a test runner or any other code in
+# this process starts its own children unmarked.
+_MARK: dict[str, str] = {}
+
+
 def mark_children(run_id: str) -> None:
-    """From now on, this process's children carry RUN_ENV=run_id (see RUN_ENV)."""
-    os.environ[RUN_ENV] = run_id
+    """From now on, the children the harness starts carry RUN_ENV=run_id (see RUN_ENV)."""
+    _MARK[RUN_ENV] = run_id
 
 
 def unmark_children(run_id: str) -> None:
-    if os.environ.get(RUN_ENV) == run_id:
-        del os.environ[RUN_ENV]
+    if _MARK.get(RUN_ENV) == run_id:
+        del _MARK[RUN_ENV]
+
+
+def run_marker() -> dict[str, str]:
+    """What to add to the environment of a child that is not started through `child_env`
+    (Vagrant's, ansible-runner's): {RUN_ENV: run id} while a run is marked, else {}."""
+    return dict(_MARK)
 
 
 def _ancestors(proc_root: Path) -> set[int]:
@@ -242,6 +254,13 @@ def processes_of_run(run_id: str, proc_root: Path = Path("/proc")) -> list[int]:
         if needle in env.split(b"\0"):
             found.append(int(d.name))
     return sorted(found)
+
+
+def end_run_processes(run_id: str, timeout: float = 15.0) -> list[int]:
+    """End the processes the harness started for run `run_id` (its mark, RUN_ENV: Vagrant and its
+    ruby and ssh, ansible-playbook, pytest, SSH control masters), never another process, and wait
+    until they are gone; returns the pids still running (see end_processes)."""
+    return end_processes(processes_of_run(run_id), timeout)
 
 
 def _running(pid: int) -> bool:

@@ -10,12 +10,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from harness import flock
 from harness.errors import UsageError
 from harness.paths import runs_root, state_dir
 from harness.proc import same_process, start_time
 from harness.spec import Scenario
 
 ACTIVE_STATES = ("creating", "up")
+# A run in one of these states belongs to the process recorded in it (pid, pid_start) while that
+# process runs: `up` creating it, or `destroy`, a run's own teardown or `gc` removing it.
+OWNED_STATES = ("creating", "destroying")
+# Held while a process makes itself a run's owner (claim), so two never both do.
+OWNER_LOCK = "owner.lock"
 
 
 @dataclass
@@ -100,9 +106,36 @@ def is_live(run: RunState) -> bool:
     process than this one: a harness killed with SIGKILL leaves a dead run whatever its state)."""
     if run.state == "up":
         return run.keep or same_process(run.pid, run.pid_start)
-    if run.state in ("creating", "destroying"):
-        return same_process(run.pid, run.pid_start) and run.pid != os.getpid()
-    return False
+    return owned_elsewhere(run)
+
+
+def owned_elsewhere(run: RunState) -> bool:
+    """Another process that still runs is creating or destroying the run (OWNED_STATES)."""
+    return run.state in OWNED_STATES and run.pid != os.getpid() and same_process(run.pid, run.pid_start)
+
+
+def claim_for_teardown(run: RunState) -> None:
+    """Make this process the owner of `run` before it removes anything: state `destroying` with this
+    process's pid and start time, saved, so `gc` in another process leaves the run alone (is_live)
+    and another `destroy` refuses. UsageError, with nothing changed, when another live process owns
+    the run (creating or destroying it) or has destroyed it already."""
+    me = os.getpid()
+    with flock.exclusive(run.path / OWNER_LOCK):
+        try:
+            now = load(run.path)
+        except (OSError, ValueError, TypeError):
+            now = run
+        if owned_elsewhere(now):
+            doing = "destroying" if now.state == "destroying" else "still creating"
+            raise UsageError(
+                f"run {run.run_id} is not this process's to remove: another harness process (pid {now.pid}) "
+                f"is {doing} it. Nothing was done; wait for that process to end, or stop it (Ctrl-C or "
+                "`kill`): what it leaves is removed by `harness destroy` or `harness gc`."
+            )
+        if now.state == "destroyed" and now.pid != me:
+            raise UsageError(f"run {run.run_id} was destroyed already, by another harness process (pid {now.pid}).")
+        run.pid, run.pid_start, run.state = me, start_time(me) or 0, "destroying"
+        save(run)
 
 
 def registered_runs() -> dict[str, RunState | None]:
@@ -124,12 +157,12 @@ def forget(run_id: str) -> None:
     (_registry() / f"{run_id}.json").unlink(missing_ok=True)
 
 
-def active_run(scenario: Scenario) -> RunState | None:
-    """The newest run of this scenario file (by source path) that is creating or up."""
+def active_run(scenario: Scenario, states: tuple[str, ...] = ACTIVE_STATES) -> RunState | None:
+    """The newest run of this scenario file (by source path) in one of `states` (creating or up)."""
     found = [
         r
         for r in registered_runs().values()
-        if r is not None and r.scenario_file == str(scenario.source) and r.state in ACTIVE_STATES
+        if r is not None and r.scenario_file == str(scenario.source) and r.state in states
     ]
     return max(found, key=lambda r: r.created) if found else None
 

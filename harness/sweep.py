@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import libvirt
 
 from harness import offline, passthrough, proc, rundir
-from harness.errors import DestroyError, ProviderError
+from harness.errors import DestroyError, ProviderError, UsageError
 from harness.provider import libvirt as lv
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,18 @@ def sweep_when_libvirt_answers(
             sleep(2.0)
 
 
+def _claimed(run: rundir.RunState) -> bool:
+    """Whether this gc now owns a dead run (rundir.claim_for_teardown); False when another process
+    took it first (a `destroy` started at the same moment): that one removes it."""
+    if run.state == "destroyed":  # only its registry entry is left (a teardown cut off before forget)
+        return True
+    try:
+        rundir.claim_for_teardown(run)
+    except UsageError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class GcResult:
     removed: dict[str, str]  # run id → what was removed
@@ -89,7 +101,7 @@ def gc() -> GcResult:
         present = lv.run_ids_present(conn)
         for run_id in sorted(present | set(registry)):
             run = registry.get(run_id)
-            if run is not None and rundir.is_live(run):
+            if run is not None and (rundir.is_live(run) or not _claimed(run)):
                 kept.append(run_id)
                 continue
             # First end what the dead run still has running (a Vagrant that would create domains

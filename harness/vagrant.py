@@ -67,38 +67,13 @@ def _python_vagrant() -> ModuleType:
     return vagrant
 
 
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == pid:
-                kids.append(int(d.name))
-    return kids
-
-
-def kill_descendants(timeout: float = 15.0) -> None:
-    """Stop every process this one started (Vagrant, its ssh and ruby helpers): TERM, then KILL."""
-    pending = set()
-    stack = _children(os.getpid())
-    while stack:
-        pid = stack.pop()
-        pending.add(pid)
-        stack.extend(_children(pid))
-    proc.end_processes(sorted(pending), timeout)
-
-
 class VagrantEnvironment:
     """One run directory holding a Vagrantfile; every command's output goes to logs/vagrant.log."""
 
     def __init__(self, root: Path, log_path: Path) -> None:
         self.root = root
         self.log_path = log_path
-        self._env = {**os.environ, **VAGRANT_ENV}
+        self._env = {**os.environ, **proc.run_marker(), **VAGRANT_ENV}  # gc finds Vagrant by the mark
 
     def _client(self) -> python_vagrant.Vagrant:
         if shutil.which("vagrant", path=self._env.get("PATH")) is None:

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from harness import host, nodes, proc, rundir, sweep
-from harness.errors import ProviderError
+from harness import host, nodes, offline, passthrough, proc, rundir, sweep
+from harness.errors import ProviderError, UsageError
 from harness.provider import libvirt as lv
+from harness.vagrant import VagrantEnvironment
 
 
 class _Libvirt:
@@ -155,3 +156,93 @@ def test_a_libvirtd_restart_is_told_from_other_failures(
     monkeypatch.setattr(host, "libvirtd_pid", lambda: pids.pop(0))
     monkeypatch.setattr(lv, "answers", lambda: answers.pop(0))
     assert nodes.libvirtd_restart(7, sleep=lambda _s: None) == said
+
+
+# What `harness gc` in another process decides about a run directory: live (left alone) or dead.
+_GC_VIEW = (
+    "import sys; from pathlib import Path; from harness import rundir; "
+    "print(rundir.is_live(rundir.load(Path(sys.argv[1]))))"
+)
+
+
+def _sleeper(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+
+
+def _kept_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **fields: Any) -> rundir.RunState:
+    """A kept cluster whose creator (`harness up`) is gone, with teardown's libvirt side faked."""
+    monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "state"))
+    run = rundir.RunState("kept-abcdef", "kept", "/k.yml", str(tmp_path / "kept"), pid=999_999_999, state="up")
+    run = replace(run, **fields)
+    rundir.save(run)
+    for made in ("Vagrantfile", ".vagrant"):
+        (run.path / made).touch()
+    monkeypatch.setattr(offline, "unserve", lambda _run_id: None)
+    monkeypatch.setattr(passthrough, "release_locks", lambda _dir, _run_id: None)
+    monkeypatch.setattr(sweep, "sweep_when_libvirt_answers", lambda _prefix: lv.RunObjects())
+    return run
+
+
+def test_a_run_being_destroyed_is_the_destroyers_and_gc_elsewhere_leaves_it_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """issue 27: during `destroy`, state.json named the dead creator, so a gc at that moment swept too."""
+    run = _kept_cluster(tmp_path, monkeypatch)
+    seen: list[tuple[int, str]] = []
+
+    def vagrant_destroy(_self: object) -> bool:
+        on_disk = rundir.load(run.path)
+        assert on_disk.state == "destroying" and on_disk.pid_start == proc.start_time(os.getpid())
+        gc_says = subprocess.run([sys.executable, "-c", _GC_VIEW, run.run_dir], capture_output=True, text=True,
+                                 check=True)  # fmt: skip
+        seen.append((on_disk.pid, gc_says.stdout.strip()))
+        return True
+
+    monkeypatch.setattr(VagrantEnvironment, "destroy", vagrant_destroy)
+    nodes.teardown(run)
+    assert seen == [(os.getpid(), "True")], "the run was not the destroyer's while it was destroyed"
+    assert rundir.load(run.path).state == "destroyed"
+
+
+def test_teardown_ends_the_runs_processes_and_no_other_child_of_the_caller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """issue 26: teardown ended every descendant of the calling process, a test runner's included."""
+    run = _kept_cluster(tmp_path, monkeypatch)
+    monkeypatch.setattr(VagrantEnvironment, "destroy", lambda _self: True)
+    bystander, leftover = _sleeper(), _sleeper({**os.environ, proc.RUN_ENV: run.run_id})
+    try:
+        nodes.teardown(run)
+        assert leftover.wait(timeout=5) is not None, "a process of the run outlived its teardown"
+        assert bystander.poll() is None, "teardown ended a child it had not started"
+    finally:
+        for p in (bystander, leftover):
+            p.kill()
+            p.wait()
+
+
+def test_a_destroy_that_finds_another_live_destroyer_refuses_and_gc_leaves_the_run_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    destroyer = _sleeper()
+    try:
+        started = proc.start_time(destroyer.pid)
+        assert started is not None
+        run = _kept_cluster(tmp_path, monkeypatch, state="destroying", pid=destroyer.pid, pid_start=started)
+        monkeypatch.setattr(VagrantEnvironment, "destroy", lambda _self: pytest.fail("raced the destroyer"))
+        with pytest.raises(UsageError, match=f"pid {destroyer.pid}.*destroying"):
+            nodes.teardown(run)
+        assert rundir.load(run.path).pid == destroyer.pid
+        monkeypatch.setattr(lv, "run_ids_present", lambda _conn: {run.run_id})
+        monkeypatch.setattr(lv, "connect", contextlib.nullcontext)
+        monkeypatch.setattr(lv, "remove_run", lambda _conn, _prefix: pytest.fail("gc swept a run being destroyed"))
+        assert sweep.gc().kept == [run.run_id]
+        destroyer.kill()
+        destroyer.wait()
+        # Its destroyer gone (killed mid-way), the run is anyone's to finish: here, this process's.
+        monkeypatch.setattr(VagrantEnvironment, "destroy", lambda _self: True)
+        nodes.teardown(rundir.load(run.path))
+        assert rundir.load(run.path).state == "destroyed"
+    finally:
+        destroyer.kill()
+        destroyer.wait()

@@ -57,10 +57,41 @@ def test_marking_is_undone_for_the_run_that_set_it_only() -> None:
     proc.mark_children("unit-dddddd")
     try:
         proc.unmark_children("unit-eeeeee")
-        assert os.environ[proc.RUN_ENV] == "unit-dddddd"
+        assert proc.run_marker() == {proc.RUN_ENV: "unit-dddddd"}
     finally:
         proc.unmark_children("unit-dddddd")
-    assert proc.RUN_ENV not in os.environ
+    assert proc.run_marker() == {} and proc.RUN_ENV not in proc.child_env()
+
+
+def test_the_mark_reaches_the_harnesss_children_through_their_env_never_os_environ() -> None:
+    """Code beside the harness in this process (a test runner) starts its children unmarked."""
+    before = dict(os.environ)
+    proc.mark_children("unit-ffffff")
+    try:
+        assert dict(os.environ) == before
+        seen = proc.run([sys.executable, "-c", f"import os; print(os.environ.get({proc.RUN_ENV!r}))"], timeout=30)
+        assert seen.stdout.strip() == "unit-ffffff"
+        beside = subprocess.run([sys.executable, "-c", f"import os; print(os.environ.get({proc.RUN_ENV!r}))"],
+                                capture_output=True, text=True, check=True)  # fmt: skip
+        assert beside.stdout.strip() == "None"
+    finally:
+        proc.unmark_children("unit-ffffff")
+    assert dict(os.environ) == before
+
+
+def test_a_runs_processes_are_ended_and_another_child_of_this_process_survives() -> None:
+    """What teardown ends: the run's own processes, not every descendant of the calling process."""
+    mine = _spawn("unit-gggggg")
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _wait_for(lambda: len(proc.processes_of_run("unit-gggggg")) == 2)
+        assert proc.end_run_processes("unit-gggggg", timeout=5) == []
+        assert mine.wait(timeout=5) is not None and proc.processes_of_run("unit-gggggg") == []
+        assert bystander.poll() is None, "a child the harness did not start was ended"
+    finally:
+        for p in (mine, bystander):
+            p.kill()
+            p.wait()
 
 
 def test_start_time_tells_a_reused_pid_from_the_process_that_had_it() -> None:
