@@ -17,6 +17,7 @@ import pytest
 from harness import host, nodes, offline, passthrough, proc, rundir, sweep
 from harness.errors import ProviderError, UsageError
 from harness.provider import libvirt as lv
+from harness.spec import parse_scenario
 from harness.vagrant import VagrantEnvironment
 
 
@@ -239,9 +240,9 @@ def test_a_destroy_that_finds_another_live_destroyer_refuses_and_gc_leaves_the_r
         assert sweep.gc().kept == [run.run_id]
         destroyer.kill()
         destroyer.wait()
-        # Its destroyer gone (killed mid-way), the run is anyone's to finish: here, this process's.
+        # Its destroyer gone (killed mid-way), the run is the next `destroy`'s to finish.
         monkeypatch.setattr(VagrantEnvironment, "destroy", lambda _self: True)
-        nodes.teardown(rundir.load(run.path))
+        assert nodes.destroy(parse_scenario("name: kept\nnodes: [{name: n}]\n", Path("/k.yml"))).run_id == run.run_id
         assert rundir.load(run.path).state == "destroyed"
     finally:
         destroyer.kill()

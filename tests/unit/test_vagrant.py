@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from harness import vagrant
+from harness import proc, vagrant
 from harness.errors import HostError
 
 
@@ -99,3 +100,14 @@ def test_a_boot_timeout_names_the_nodes_the_load_and_what_their_consoles_said(tm
     assert console.startswith("  gpu01 console (")
     assert "Timed out waiting for device" in console and "Failed to start ssh.servic" in console
     assert "\x1b" not in message and len(message.splitlines()) == 2  # gpu02 left no console
+
+
+def test_vagrant_gets_the_runs_mark_in_its_environment_and_os_environ_stays_as_it_was(tmp_path: Path) -> None:
+    """gc finds a Vagrant left running by a killed harness by its mark (proc.RUN_ENV)."""
+    proc.mark_children("unit-hhhhhh")
+    try:
+        env = vagrant.VagrantEnvironment(tmp_path, tmp_path / "vagrant.log")._env
+        assert env[proc.RUN_ENV] == "unit-hhhhhh" and proc.RUN_ENV not in os.environ
+    finally:
+        proc.unmark_children("unit-hhhhhh")
+    assert proc.RUN_ENV not in vagrant.VagrantEnvironment(tmp_path, tmp_path / "vagrant.log")._env
