@@ -116,6 +116,11 @@ def validate(scenario: str, no_playbook: bool) -> None:
         from harness import apt_bundle
 
         checked = apt_bundle.check_bundle(sc.resolve(sc.offline.bundle))
+    from harness import molecule
+
+    if molecule.is_molecule(sc):  # what was mapped from what, and what the harness does not honour
+        for note in molecule.translate(sc.source).notes:
+            out.print(f"  molecule: {note}", highlight=False, markup=False)
         out.print(f"{checked.root}: ok — {checked.summary()}", highlight=False)
     if sc.provision is None or no_playbook:
         return

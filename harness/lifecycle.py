@@ -160,6 +160,10 @@ def _provision(ctx: RunContext) -> report.PhaseResult:
         ctx.on_progress("provision", detail)
         why = "unchanged since checkpoint 'converged', where it was proven to change nothing"
         return report.PhaseResult("provision", "passed", 0.0, detail=detail, partial=True, not_run=_units(plan, why))
+    if ctx.scope is None:  # a new cluster (not the inner loop's checkpoint): its prepare playbooks first
+        failed = phases.prepare_phase(ctx.live_run(), ctx.scenario, ctx.on_progress)
+        if failed is not None:
+            return failed
     ctx.on_progress("provision", f"converging {plan.describe()}" if plan is not None else "converging")
     result = phases.provision_phase(ctx.live_run(), ctx.scenario, ctx.on_progress, ctx.scope)
     if plan is not None and not plan.full:
@@ -249,7 +253,8 @@ def _wants_verify(ctx: RunContext) -> bool:
     """The tests run on a converged cluster, also when the second converge changed something:
     whether the cluster works is worth knowing either way."""
     provisioned = ctx.scenario.provision is None or ctx.passed("provision")
-    return ctx.scenario.tests is not None and ctx.passed("up") and provisioned
+    book = ctx.scenario.provision.verify_playbook if ctx.scenario.provision is not None else None
+    return (ctx.scenario.tests is not None or book is not None) and ctx.passed("up") and provisioned
 
 
 # Each step's condition says what it needs from the steps before it; a step whose condition does

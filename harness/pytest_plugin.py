@@ -134,6 +134,23 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> Any:
+    """A test module's own `testinfra_hosts` wins over `--hosts`, as under Molecule (whose testinfra
+    files name their hosts from MOLECULE_INVENTORY_FILE): bare names then connect as the inventory
+    says (`--connection=ansible`), so `host.ansible(...)` works there."""
+    option = metafunc.config.option
+    hosts = getattr(option, "hosts", None)
+    own = hosts is not None and hasattr(metafunc.module, "testinfra_hosts")
+    if own:
+        option.hosts = None
+    try:
+        yield
+    finally:
+        if own:
+            option.hosts = hosts
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """With --harness-collected: the node ids this session runs, for `harness verify` to name."""
     path = session.config.getoption(COLLECTED_OPTION)

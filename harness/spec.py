@@ -124,6 +124,13 @@ class ProvisionSpec(_Model):
     # An Ansible requirements file (collections: local directories or tarballs), installed per run
     # without any network (ansible-galaxy --offline) and cached by content.
     collections: Path | None = None
+    # Playbooks run once on the fresh cluster before the first converge (Molecule's prepare), not
+    # again for idempotence.
+    prepare: list[Path] = Field(default_factory=list)
+    # A playbook run at verify, before the tests, judged from its events (Molecule's ansible verifier).
+    verify_playbook: Path | None = None
+    # Environment variables for every ansible-playbook run and the tests (Molecule's provisioner.env).
+    env: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("roles_path", mode="before")
     @classmethod
@@ -170,6 +177,8 @@ class Scenario(_Model):
     kubernetes: KubernetesSpec | None = None
     offline: OfflineSpec | None = None
     groups: dict[str, list[str]] = Field(default_factory=dict, description="extra inventory groups: name → nodes")
+    group_vars: dict[str, dict[str, Any]] = Field(default_factory=dict, description="inventory vars per group")
+    host_vars: dict[str, dict[str, Any]] = Field(default_factory=dict, description="inventory vars per node")
     synced_folders: bool = False
     source: Path = Path("scenario.yml")
 
@@ -252,6 +261,9 @@ def _semantic_problems(sc: Scenario) -> list[str]:
         for k, member in enumerate(members):
             if member not in seen:
                 problems.append(f"groups.{group}[{k}]: no node named {member!r}")
+    for host in sc.host_vars:
+        if host not in seen:
+            problems.append(f"host_vars.{host}: no node named {host!r}")
     if sc.network.subnet is not None and sc.network.subnet.num_addresses - 3 < expanded:
         problems.append(
             f"network.subnet: {sc.network.subnet} has room for "
@@ -264,6 +276,9 @@ def _semantic_problems(sc: Scenario) -> list[str]:
         for k, rp in enumerate(sc.provision.roles_path):
             paths.append((f"provision.roles_path[{k}]", rp, False, "is not a directory"))
         paths.append(("provision.collections", sc.provision.collections, True, "is not a file"))
+        for k, book in enumerate(sc.provision.prepare):
+            paths.append((f"provision.prepare[{k}]", book, True, "does not exist"))
+        paths.append(("provision.verify_playbook", sc.provision.verify_playbook, True, "does not exist"))
     paths.append(("tests", sc.tests, False, "is not a directory"))
     if sc.offline is not None:
         paths.append(
@@ -339,10 +354,10 @@ def load_yaml(text: str) -> Any:
         loader.dispose()
 
 
-def parse_scenario(text: str, source: Path) -> Scenario:
-    """Parse and validate scenario text. Raises SpecError listing every problem."""
+def parse_yaml(text: str, source: Path) -> Any:
+    """YAML text as data; SpecError with the line of a syntax error."""
     try:
-        data = load_yaml(text)
+        return load_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
@@ -356,12 +371,22 @@ def parse_scenario(text: str, source: Path) -> Scenario:
         ) from exc
     except yaml.YAMLError as exc:
         raise SpecError(str(source), [f"YAML syntax error: {exc}"]) from exc
+
+
+def parse_scenario(text: str, source: Path) -> Scenario:
+    """Parse and validate scenario text. Raises SpecError listing every problem."""
+    data = parse_yaml(text, source)
     if not isinstance(data, dict):
         raise SpecError(str(source), ["(top level): expected a mapping with keys name, nodes, ..."])
     if "source" in data:
         raise SpecError(str(source), ["source: unknown key (check the spelling; see README 'Scenario reference')"])
+    return validate_scenario({**data, "source": source.resolve()}, source)
+
+
+def validate_scenario(data: dict[str, Any], source: Path) -> Scenario:
+    """The Scenario of `data` (with its `source`), every problem reported at once (SpecError)."""
     try:
-        sc = Scenario.model_validate({**data, "source": source.resolve()})
+        sc = Scenario.model_validate(data)
     except ValidationError as exc:
         raise SpecError(str(source), _pydantic_problems(exc)) from None
     problems = _semantic_problems(sc)
@@ -371,9 +396,10 @@ def parse_scenario(text: str, source: Path) -> Scenario:
 
 
 def find_scenario(ref: str, search_dirs: list[Path]) -> Path:
-    """A SCENARIO argument: a YAML file, a directory holding scenario.yml, or a name under scenarios/."""
+    """A SCENARIO argument: a YAML file, a directory holding scenario.yml (or a Molecule scenario's
+    molecule.yml), or a name under scenarios/."""
     p = Path(ref)
-    candidates = [p, p / "scenario.yml", p / "scenario.yaml"]
+    candidates = [p, p / "scenario.yml", p / "scenario.yaml", p / "molecule.yml"]
     for d in search_dirs:
         candidates += [d / ref / "scenario.yml", d / ref / "scenario.yaml", d / f"{ref}.yml", d / f"{ref}.yaml"]
     for c in candidates:
@@ -386,12 +412,20 @@ def find_scenario(ref: str, search_dirs: list[Path]) -> Path:
     raise SpecError(ref, [f"no such scenario file or name; known names: {', '.join(names) or '(none)'}"])
 
 
-def load_scenario(ref: str, search_dirs: list[Path]) -> Scenario:
-    path = find_scenario(ref, search_dirs)
+def read_text(path: Path) -> str:
+    """A scenario file's text; SpecError when it cannot be read or is not UTF-8."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(str(path), [f"cannot read: {exc.strerror}"]) from exc
     except UnicodeDecodeError as exc:
         raise SpecError(str(path), [f"not a YAML text file: byte {exc.start} is not UTF-8 ({exc.reason})"]) from exc
-    return parse_scenario(text, path)
+
+
+def load_scenario(ref: str, search_dirs: list[Path]) -> Scenario:
+    path = find_scenario(ref, search_dirs)
+    if path.name == "molecule.yml":  # a Molecule scenario, translated into this model
+        from harness import molecule
+
+        return molecule.translate(path).scenario
+    return parse_scenario(read_text(path), path)

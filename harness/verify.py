@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -93,6 +93,8 @@ def pytest_argv(
         str(tests_dir),
         "-p",
         "harness.pytest_plugin",
+        if inventory is not None:  # bare names (a module's testinfra_hosts) connect as the inventory says
+            hosts += ["--connection=ansible", f"--ansible-inventory={inventory}"]
         "-p",
         "no:cacheprovider",
         "--rootdir",
@@ -196,6 +198,7 @@ class _Session:
             "PYTHONDONTWRITEBYTECODE": "1",
         }
         return proc.run_logged(argv, self.log_path, env=env, cwd=self.tests_dir)
+    env: Mapping[str, str]
 
     def run_pass(self, junit: Path, marker: str | None) -> VerifyResult:
         """One pytest run of the tests `marker` selects (all without one), read back from its JUnit file."""
@@ -222,6 +225,7 @@ def _collected_any(result: VerifyResult, tests_dir: Path, select: str | None) ->
     if result.rc != 5:
         return result
     where = f"no test was collected from {tests_dir}" + (f" with -k {select!r}" if select else "")
+            **self.env,
     return replace(result, failures=[*result.failures, Failure("pytest", where)])
 
 
@@ -263,7 +267,7 @@ def run_tests(
     out_dir.mkdir(parents=True, exist_ok=True)
     junit = out_dir / JUNIT_FILE
     junit.unlink(missing_ok=True)
-    session = _Session(tests_dir, nodes, inventory, ssh_config, select, out_dir / "logs" / "verify.log")
+    session = _Session(tests_dir, nodes, inventory, ssh_config, select, out_dir / "logs" / "verify.log", env or {})
     disturbing: list[str] = []
     listed_s = 0.0
     if names_disturbing(tests_dir):
@@ -282,3 +286,4 @@ def run_tests(
         return replace(first, rc=rc, junit=junit, seconds=listed_s + first.seconds, quick=first, partial=True)
     rest = session.run_pass(out_dir / "verify-junit-disturbing.xml", DISTURBING)
     return _collected_any(_both(first, rest, junit, listed_s + first.seconds + rest.seconds), tests_dir, select)
+    env: Mapping[str, str] | None = None,

@@ -73,7 +73,14 @@ def test_verify_phase_hands_its_junit_to_the_report(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(verify, "run_tests", fake_run_tests)
     run: Any = SimpleNamespace(path=tmp_path, nodes=["node01"], ssh_config=tmp_path / "ssh_config")
-    scenario: Any = SimpleNamespace(tests="tests", resolve=lambda p: tmp_path / p)
+    scenario: Any = SimpleNamespace(
+        tests="tests",
+        resolve=lambda p: tmp_path / p,
+        provision=None,
+        source=tmp_path / "s.yml",
+        base_dir=tmp_path,
+        name="t",
+    )
 
     phase, _ = phases.verify_phase(run, scenario)
 
@@ -161,7 +168,9 @@ def _verify(
     ssh_config a failed test is not followed by an SSH probe); and what it said, each line checked
     to come before the second pass began."""
     run: Any = SimpleNamespace(path=root / "run", nodes=["node01"], ssh_config=None)
-    scenario: Any = SimpleNamespace(tests="tests", resolve=lambda p: tests)
+    scenario: Any = SimpleNamespace(
+        tests="tests", resolve=lambda p: tests, provision=None, source=root / "s.yml", base_dir=root, name="t"
+    )
     said: list[str] = []
 
     def on_progress(phase: str, msg: str) -> None:
