@@ -73,6 +73,27 @@ class TaskDuration(NamedTuple):
 
 
 @dataclass
+class PlayRun:
+    """A play as the events saw it start: the hosts that started a task in it, and those that failed."""
+
+    name: str
+    pattern: str
+    uuid: str = ""
+    hosts: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MissedPlay:
+    """A play of the playbook that never started: the run ended before it. `hosts`: the hosts it
+    would have run on (those that had failed already left out); None when only a run works them out."""
+
+    name: str
+    pattern: str
+    hosts: list[str] | None
+
+
+@dataclass
 class ProvisionResult:
     rc: int
     status: str
@@ -81,8 +102,12 @@ class ProvisionResult:
     changed: list[TaskChange] = field(default_factory=list)
     task_durations: list[TaskDuration] = field(default_factory=list)
     log_path: Path = Path("stdout")
-    # The end of the log (secrets masked), kept when the run failed without naming a failed task.
+    # The end of the log (secrets masked), kept when the run failed without naming a failed task
+    # or stopped without a recap.
     log_tail: list[str] = field(default_factory=list)
+    # The plays that started, in order; the playbook's plays that never did (set by run_playbook).
+    plays: list[PlayRun] = field(default_factory=list)
+    missed: list[MissedPlay] = field(default_factory=list)
 
     @property
     def unreachable_hosts(self) -> list[str]:
@@ -90,6 +115,12 @@ class ProvisionResult:
         lost = {h for h, s in self.stats.items() if s.unreachable}
         lost |= {f.host for f in self.failures if f.message.startswith("unreachable:")}
         return sorted(lost)
+
+    @property
+    def aborted(self) -> bool:
+        """ansible-playbook stopped without its recap (a module or role an include names does not
+        resolve, say), whether or not tasks had failed before."""
+        return not self.ok and not self.stats
 
     @property
     def ok(self) -> bool:
@@ -314,12 +345,14 @@ def result_from_events(
     failures: list[TaskFailure] = []
     changed: list[TaskChange] = []
     durations: list[TaskDuration] = []
+    plays: list[PlayRun] = []
     for event in sorted(events, key=lambda e: int(e.get("counter", 0))):
         kind = event.get("event", "")
         data = event.get("event_data") or {}
         if kind == "playbook_on_stats":
             stats = _stats(data)
             continue
+        _follow_play(plays, kind, data)
         if kind not in _DONE_EVENTS:
             continue
         host, task, role = str(data.get("host", "?")), str(data.get("task", "?")), data.get("role")
@@ -342,11 +375,81 @@ def result_from_events(
         # A failure inside a block that a `rescue` handled leaves the host with zero failures.
         failures = [f for f in failures if stats.get(f.host, HostStats(failures=1)).failures
                     or stats.get(f.host, HostStats()).unreachable]  # fmt: skip
-    result = ProvisionResult(int(rc), str(status), stats, failures, changed, durations, log_path)
-    if not result.ok and not result.failures:
-        # Nothing names the cause (a play that aborted before any task, say): keep the log's end.
+    result = ProvisionResult(int(rc), str(status), stats, failures, changed, durations, log_path, plays=plays)
+    if not result.ok and (not result.failures or result.aborted):
+        # Nothing names the cause (a play that aborted before any task, or after a task failed on
+        # another host): keep the log's end.
         result.log_tail = _log_tail(log_path, secrets)
     return result
+
+
+def _follow_play(plays: list[PlayRun], kind: str, data: Mapping[str, Any]) -> None:
+    """Keep the plays that started (once each: a `serial` play starts once per batch) and their hosts."""
+    if kind == "playbook_on_play_start":
+        uuid = str(data.get("play_uuid") or data.get("uuid") or "")
+        if not plays or not uuid or plays[-1].uuid != uuid:
+            plays.append(PlayRun(str(data.get("play") or data.get("name") or ""), str(data.get("pattern") or ""), uuid))
+        return
+    host = data.get("host")
+    if not plays or not host or not (kind == "runner_on_start" or kind in _DONE_EVENTS):
+        return
+    play = plays[-1]
+    if host not in play.hosts:
+        play.hosts.append(host)
+    bad = kind == "runner_on_unreachable" or (kind == "runner_on_failed" and not data.get("ignore_errors"))
+    if bad and host not in play.failed:
+        play.failed.append(host)
+
+
+def missed_plays(
+    started: list[PlayRun], book: list[tuple[str, str]], hosts_of: Callable[[str], list[str] | None]
+) -> list[MissedPlay]:
+    """The plays of the playbook (`book`: name and host pattern of each, in order) after those that
+    started, with the hosts each would have run on: `hosts_of(pattern)` less the hosts that failed
+    already (Ansible leaves them out of later plays anyway, and they are reported as failed). A
+    play that would have run on no host missed nothing. [] when the started plays are not the
+    playbook's first ones (the events and the playbook disagree)."""
+    if len(started) >= len(book):
+        return []
+    for run, (name, pattern) in zip(started, book, strict=False):
+        if run.name != name and "{{" not in name + pattern:
+            return []
+    failed = {h for run in started for h in run.failed}
+    missed = []
+    for name, pattern in book[len(started) :]:
+        hosts = hosts_of(pattern)
+        left = None if hosts is None else [h for h in hosts if h not in failed]
+        if left != []:
+            missed.append(MissedPlay(name, pattern, left))
+    return missed
+
+
+def stop_reason(result: ProvisionResult) -> str:
+    """Why the playbook ended before its last play, in a few words."""
+    if result.aborted:
+        cause = _cause(result.log_tail)
+        return (
+            f"ansible-playbook stopped: {cause}"
+            if cause
+            else f"ansible-playbook stopped without a recap (rc {result.rc})"
+        )
+    last = result.plays[-1] if result.plays else None
+    if last is None:
+        return f"ansible-playbook ended before any play (rc {result.rc})"
+    if last.hosts and set(last.hosts) <= set(last.failed):
+        return f"every host of play {last.name!r} failed ({', '.join(last.failed)}), which ends the playbook"
+    failed = f" ({', '.join(last.failed)} failed there)" if last.failed else ""
+    return f"ansible-playbook ended after play {last.name!r}{failed}"
+
+
+def missed_lines(result: ProvisionResult) -> list[str]:
+    """`play 'Compute' (hosts: compute) never ran on: n02, n03`, one line per missed play."""
+    lines = []
+    for play in result.missed:
+        named = f"play {play.name!r}" + (f" (hosts: {play.pattern})" if play.pattern != play.name else "")
+        on = ", ".join(play.hosts) if play.hosts is not None else "the hosts its pattern selects at run time"
+        lines.append(f"{named} never ran on: {on}")
+    return lines
 
 
 def load_events(artifact_dir: Path) -> list[dict[str, Any]]:

@@ -8,9 +8,11 @@ both read it unchanged.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -270,3 +272,59 @@ def resolve_inventory(path: Path, limit: str | None = None) -> dict[str, Any]:
         warnings = [line for line in result.stderr.splitlines() if "WARNING" in line][:5]
         raise SpecError(str(path), [why, *warnings])
     return {"all": {"hosts": {h: dict(hostvars.get(h) or {}) for h in hosts}, "children": children}}
+
+
+def _subscript(hosts: list[str], start: str, end: str | None) -> list[str]:
+    """Ansible's `group[i]` and `group[i:j]` (j included, as Ansible counts)."""
+    first = int(start)
+    if end is None:
+        return hosts[first : first + 1 or None]
+    return hosts[first : (int(end) + 1 or None) if end else None]
+
+
+def _pattern_term(inv: Mapping[str, Any], term: str) -> list[str]:
+    """The hosts one term of a host pattern names: all, a group, a host, a glob or `~regex`."""
+    sliced = None if term[0] == "~" else re.fullmatch(r"(.+?)\[(-?\d+)(?::(-?\d*))?\]", term)
+    if sliced:
+        return _subscript(_pattern_term(inv, sliced[1]), sliced[2], sliced[3])
+    everyone = hosts_in_group(inv, "all")
+    if term in ("all", "*"):
+        return everyone
+    groups = known_groups(inv)
+    if term in groups:
+        return hosts_in_group(inv, term)
+    if term in everyone:
+        return [term]
+    try:
+        regex = re.compile(term[1:]) if term[0] == "~" else None
+    except re.error:
+        return []
+
+    def matches(name: str) -> bool:
+        return regex.search(name) is not None if regex is not None else fnmatch.fnmatchcase(name, term)
+
+    found = [h for g in groups if matches(g) for h in hosts_in_group(inv, g)]
+    return list(dict.fromkeys([*found, *(h for h in everyone if matches(h))]))
+
+
+def hosts_matching(inv: Mapping[str, Any], pattern: str) -> list[str] | None:
+    """The hosts an Ansible host pattern (`all:!head`, `compute,login*`, `web:&gpu`, `nodes[0:2]`)
+    selects in an inventory of write_inventory's shape, in inventory order; None for a pattern
+    that only a run works out (Jinja2 in it)."""
+    if "{{" in pattern or "{%" in pattern:
+        return None
+    terms = [t.strip() for t in (pattern.split(",") if "," in pattern else re.split(r":(?![^\[]*\])", pattern))]
+    terms = [t for t in terms if t]
+    # As Ansible orders them: the plain terms, then the intersections (&), then the exclusions (!).
+    ordered = sorted(terms, key=lambda t: {"&": 1, "!": 2}.get(t[0], 0))
+    hosts: list[str] = []
+    for term in ordered:
+        if term[0] == "&":
+            keep = set(_pattern_term(inv, term[1:]))
+            hosts = [h for h in hosts if h in keep]
+        elif term[0] == "!":
+            drop = set(_pattern_term(inv, term[1:]))
+            hosts = [h for h in hosts if h not in drop]
+        else:
+            hosts = list(dict.fromkeys([*hosts, *_pattern_term(inv, term)]))
+    return hosts

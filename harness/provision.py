@@ -15,25 +15,29 @@ import signal
 import threading
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import ansible_runner
 
-from harness import playbook, reach, ssh, tools
+from harness import inventory, playbook, playbook_reach, reach, ssh, tools
 from harness.ansible_events import (
     TASK_START,
     Event,
+    MissedPlay,
     Progress,
     ProgressTracker,
     ProvisionResult,
     abort_cause,
+    missed_lines,
+    missed_plays,
     result_from_events,
+    stop_reason,
     task_label,
 )
-from harness.errors import Interrupted, ProvisionError
+from harness.errors import HarnessError, Interrupted, ProvisionError
 from harness.report import Failure, redact, secret_values
 
 log = logging.getLogger(__name__)
@@ -60,8 +64,6 @@ class ProvisionOptions:
 
 def new_ident(phase: str) -> str:
     """A unique ansible-runner ident, e.g. `provision-20250101T120000-1a2b3c`."""
-    # More environment for ansible-playbook (Molecule's environment, the scenario's provision.env).
-    env: Mapping[str, str] = field(default_factory=dict)
     return f"{phase}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
@@ -111,7 +113,7 @@ def _envvars(opts: ProvisionOptions) -> dict[str, str]:
         env["ANSIBLE_COLLECTIONS_PATH"] = playbook.collections_search_path(opts.collections_path)
     if opts.strategy.startswith("mitogen"):
         env["ANSIBLE_STRATEGY_PLUGINS"] = str(mitogen_strategy_dir())
-    return {**opts.env, **env}
+    return env
 
 
 def run_playbook(opts: ProvisionOptions, on_progress: Callable[[Progress], None] | None = None) -> ProvisionResult:
@@ -184,8 +186,24 @@ def run_playbook(opts: ProvisionOptions, on_progress: Callable[[Progress], None]
     if runner.status == "canceled":
         raise Interrupted(f"provisioning was interrupted; partial log: {log_path}")
     result = result_from_events(events, runner.rc if runner.rc is not None else -1, runner.status, log_path, secrets)
+    if not result.ok:
+        result.missed = _missed(result, playbook, opts)
     log.info("%s finished: %s (rc %s) in %.1fs", playbook.name, result.status, result.rc, tracker.elapsed)
     return result
+
+
+def _missed(result: ProvisionResult, book: Path, opts: ProvisionOptions) -> list[MissedPlay]:
+    """The playbook's plays that never started, with the hosts (of the inventory, within --limit)
+    each would have run on; [] when every play started."""
+    plays = [(p.name, p.hosts) for p in playbook_reach.plays(book)]
+    if len(result.plays) >= len(plays):
+        return []
+    try:
+        inv = inventory.resolve_inventory(opts.inventory, opts.limit)
+    except HarnessError as exc:
+        log.warning("cannot tell which hosts the plays that never ran would have run on: %s", exc)
+        return missed_plays(result.plays, plays, lambda _pattern: None)
+    return missed_plays(result.plays, plays, lambda pattern: inventory.hosts_matching(inv, pattern))
 
 
 def _from(task_path: str | None, prefix: str = "\n") -> str:
@@ -199,7 +217,20 @@ def converge_verdict(result: ProvisionResult, phase: str = "provision") -> list[
     task (a missing collection or role) says why, from the log."""
     if result.ok:
         return []
-    return failures_for_report(result) or [Failure(phase, f"{abort_cause(result)}\nFull log: {result.log_path}")]
+    entries = failures_for_report(result)
+    if not entries or result.aborted:  # the cause of an abort is named beside the tasks that failed before it
+        entries.append(Failure(phase, f"{abort_cause(result)}\nFull log: {result.log_path}"))
+    if result.missed:
+        entries.append(missed_for_report(result))
+    return entries
+
+
+def missed_for_report(result: ProvisionResult) -> Failure:
+    """The plays that never ran (the playbook ended before them) and on which hosts, as one entry."""
+    hosts = sorted({h for p in result.missed for h in p.hosts or []})
+    name = f"{', '.join(hosts) or 'hosts'}: {len(result.missed)} play(s) never ran"
+    lines = "\n".join(f"  {line}" for line in missed_lines(result))
+    return Failure(name, f"because {stop_reason(result)}:\n{lines}\nFull log: {result.log_path}")
 
 
 def idempotence_verdict(result: ProvisionResult, phase: str = "idempotence") -> list[Failure]:

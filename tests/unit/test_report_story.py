@@ -1,0 +1,127 @@
+"""Reports that tell the whole story (issue 27 item 3): the plays a failed converge never ran and on
+which hosts, and an abort's cause beside the task failures before it, from real ansible-playbook
+runs against local-connection fake hosts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness import inventory, phases
+from harness.provision import ProvisionOptions, converge_verdict, new_ident, run_playbook
+
+LOCAL = {"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}"}
+INVENTORY = {
+    "all": {
+        "vars": LOCAL,
+        "children": {"head": {"hosts": {"n01": {}}}, "compute": {"hosts": {"n02": {}, "n03": {}}}},
+    }
+}
+
+
+def _run(tmp_path: Path, plays: list[dict[str, Any]], limit: str | None = None) -> ProvisionOptions:
+    (tmp_path / "site.yml").write_text(yaml.safe_dump(plays, sort_keys=False))
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(INVENTORY))
+    return ProvisionOptions(
+        private_data_dir=tmp_path / "pdd",
+        playbook=tmp_path / "site.yml",
+        inventory=tmp_path / "inventory.yml",
+        roles_path=[tmp_path / "roles"],
+        extra_vars={},
+        ident=new_ident("provision"),
+        limit=limit,
+    )
+
+
+def _play(name: str, hosts: str, *tasks: Mapping[str, Any]) -> dict[str, Any]:
+    return {"name": name, "hosts": hosts, "gather_facts": False, "tasks": list(tasks)}
+
+
+SAY = {"name": "Say hello", "ansible.builtin.debug": {"msg": "hi"}}
+FAIL = {"name": "Fail here", "ansible.builtin.fail": {"msg": "boom"}}
+
+
+def test_plays_the_other_hosts_never_ran_are_named_with_their_hosts(tmp_path: Path) -> None:
+    (tmp_path / "more.yml").write_text(yaml.safe_dump([_play("Imported", "all:!head", SAY)]))
+    opts = _run(
+        tmp_path,
+        [
+            _play("Everyone", "all", SAY),
+            _play("Head only", "head", FAIL),
+            _play("Compute", "compute", SAY),
+            _play("Nobody", "no_such_group", SAY),
+            {"ansible.builtin.import_playbook": "more.yml"},
+        ],
+    )
+    result = run_playbook(opts)
+
+    assert [p.name for p in result.plays] == ["Everyone", "Head only"]
+    entries = converge_verdict(result)
+    assert [e.name for e in entries] == ["n01: Fail here", "n02, n03: 2 play(s) never ran"]
+    message = entries[1].message
+    assert message.splitlines()[:3] == [
+        "because every host of play 'Head only' failed (n01), which ends the playbook:",
+        "  play 'Compute' (hosts: compute) never ran on: n02, n03",
+        "  play 'Imported' (hosts: all:!head) never ran on: n02, n03",
+    ]
+    assert phases.converge_detail(result) == "3 hosts: ok=3 changed=0 failed=1; 2 play(s) never ran"
+
+
+def test_missed_plays_stay_within_the_limit(tmp_path: Path) -> None:
+    opts = _run(tmp_path, [_play("Head only", "head", FAIL), _play("Compute", "compute", SAY)], limit="n01,n02")
+    [_failed, missed] = converge_verdict(run_playbook(opts))
+    assert "play 'Compute' (hosts: compute) never ran on: n02\n" in missed.message
+
+
+def test_a_converge_where_every_play_ran_names_no_missed_play(tmp_path: Path) -> None:
+    opts = _run(
+        tmp_path,
+        [_play("Everyone", "all", {**FAIL, "when": "inventory_hostname == 'n01'"}), _play("Compute", "compute", SAY)],
+    )
+    result = run_playbook(opts)
+    assert result.missed == [] and [e.name for e in converge_verdict(result)] == ["n01: Fail here"]
+
+
+def test_an_abort_after_a_task_failure_names_both(tmp_path: Path) -> None:
+    role = tmp_path / "roles" / "broken" / "tasks"
+    role.mkdir(parents=True)
+    (role / "main.yml").write_text("- name: Use a missing module\n  community.nope.thing: {x: 1}\n")
+    include = {"name": "Include the broken role", "ansible.builtin.include_role": {"name": "broken"}}
+    opts = _run(
+        tmp_path,
+        [
+            _play("Mixed", "all", {**FAIL, "when": "inventory_hostname == 'n01'"}, include),
+            _play("Later", "compute", SAY),
+        ],
+    )
+    result = run_playbook(opts)
+
+    entries = converge_verdict(result)
+    assert [e.name for e in entries] == ["n01: Fail here", "provision", "n02, n03: 1 play(s) never ran"]
+    cause = "couldn't resolve module/action 'community.nope.thing'"
+    assert entries[1].message.startswith(f"ansible-playbook stopped: {cause} at {role / 'main.yml'}:1")
+    assert entries[2].message.startswith(f"because ansible-playbook stopped: {cause}")
+    assert "play 'Later' (hosts: compute) never ran on: n02, n03" in entries[2].message
+
+
+@pytest.mark.parametrize(
+    ("pattern", "hosts"),
+    [
+        ("all", ["n01", "n02", "n03"]),
+        ("compute:!n03", ["n02"]),
+        ("head,n03", ["n01", "n03"]),
+        ("all:&compute", ["n02", "n03"]),
+        ("n0*:!n03", ["n01", "n02"]),
+        ("compute[0]", ["n02"]),
+        ("all[0:1]", ["n01", "n02"]),
+        ("~n0[23]", ["n02", "n03"]),
+        ("nothing", []),
+        ("{{ target }}", None),
+    ],
+)
+def test_host_patterns_resolve_as_ansible_resolves_them(pattern: str, hosts: list[str] | None) -> None:
+    assert inventory.hosts_matching(INVENTORY, pattern) == hosts
