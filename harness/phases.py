@@ -15,6 +15,7 @@ from harness import (
     ansible_events,
     checkpoints,
     inventory,
+    molecule,
     offline,
     playbook,
     provision,
@@ -56,18 +57,26 @@ def write_inventory(run: RunState, scenario: Scenario, gpus: dict[str, list[str]
             "harness_private_subnet": run.private_subnet,
         },
     )
+    children = inv["all"]["children"]
+    for group, values in scenario.group_vars.items():  # Molecule's provisioner.inventory, for one
+        target = inv["all"] if group == "all" else children.setdefault(group, {"hosts": {}})
+        target["vars"] = {**target.get("vars", {}), **values}
+    for host, values in scenario.host_vars.items():
+        inv["all"]["hosts"][host].update(values)
+    molecule.instance_config(run, inv)
     return inventory.write_inventory(inv, inventory_path(run))
 
 
 def _options(
-    run: RunState, scenario: Scenario, phase: str, plan: scope.Plan | None = None
+    run: RunState, scenario: Scenario, phase: str, plan: scope.Plan | None = None, other: Path | None = None
 ) -> provision.ProvisionOptions:
+    """A converge's options; with `other`, a run of that playbook (prepare, verify) instead."""
     if scenario.provision is None:
         raise SpecError(
             str(scenario.source), ["provision: this scenario has nothing to provision (add provision.playbook)"]
         )
     ident = provision.new_ident(phase)
-    book = scenario.resolve(scenario.provision.playbook)
+    book = scenario.resolve(other or scenario.provision.playbook)
     skip_tags = None
     if plan is not None and not plan.full:  # the inner loop runs part of the playbook (harness.scope)
         book, skip_tags = scope.scoped_playbook(scenario, plan, run.path / "scope" / ident), scope.SKIP_TAG
@@ -83,6 +92,7 @@ def _options(
         ssh_config=run.ssh_config,
         strategy=_strategy(scenario),
         skip_tags=skip_tags,
+        env=molecule.environment(scenario, run, inventory_path(run)),
     )
 
 
@@ -281,6 +291,29 @@ def _changed_anything(result: ansible_events.ProvisionResult) -> bool:
     return bool(result.changed) or any(st.changed for st in result.stats.values())
 
 
+def prepare_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn) -> PhaseResult | None:
+    """The prepare playbooks on a new cluster, before the first converge: None when they passed."""
+    started = time.monotonic()
+    books = scenario.provision.prepare if scenario.provision is not None else []
+    failed = run_playbooks(run, scenario, "provision", books, on_progress)
+    return PhaseResult("provision", "failed", time.monotonic() - started, failed, "prepare failed") if failed else None
+
+
+def run_playbooks(
+    run: RunState, scenario: Scenario, phase: str, books: list[Path], on_progress: ProgressFn
+) -> list[Failure]:
+    """Playbooks besides the converge (prepare, Molecule's verify.yml), judged from their events."""
+    for book in books:
+        on_progress(phase, f"running {scenario.resolve(book).name}")
+        opts = _options(run, scenario, phase, other=book)
+        failures = provision.converge_verdict(
+            provision.run_playbook(opts, ThrottledProgress(phase, on_progress)), phase
+        )
+        if failures:
+            return failures
+    return []
+
+
 def provision_phase(
     run: RunState, scenario: Scenario, on_progress: ProgressFn, state: scope.ScopeState | None = None
 ) -> PhaseResult:
@@ -342,9 +375,18 @@ def verify_phase(
     When every failure is a node that did not answer SSH, wait for the nodes (bounded), close shared
     connections and run the tests once more; still unreachable is reported as such (an
     infrastructure failure), never as failed tests."""
+    say = on_progress or (lambda _p, _m: None)
+    book = scenario.provision.verify_playbook if scenario.provision is not None else None
+    if book is not None:  # Molecule's ansible verifier: its playbook, before any tests
+        started = time.monotonic()
+        failed = run_playbooks(run, scenario, "verify", [book], say)
+        if failed or scenario.tests is None:
+            detail = f"{book.name}: " + ("failed" if failed else "passed")
+            return PhaseResult(
+                "verify", "failed" if failed else "passed", time.monotonic() - started, failed, detail
+            ), None
     if scenario.tests is None:
         return PhaseResult("verify", "skipped", 0.0), None
-    say = on_progress or (lambda _p, _m: None)
 
     def said(first: verify.VerifyResult) -> None:
         left = f"{len(first.disturbing)} disturbing test(s) " + ("left for the full verdict" if quick else "next")
@@ -357,6 +399,7 @@ def verify_phase(
             inventory=inventory_path(run),
             ssh_config=run.ssh_config,
             out_dir=run.path,
+            env=molecule.environment(scenario, run, inventory_path(run)),
             select=select,
             quick=quick,
             on_quick=said,

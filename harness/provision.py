@@ -15,7 +15,7 @@ import signal
 import threading
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,8 @@ class ProvisionOptions:
 
 def new_ident(phase: str) -> str:
     """A unique ansible-runner ident, e.g. `provision-20250101T120000-1a2b3c`."""
+    # More environment for ansible-playbook (Molecule's environment, the scenario's provision.env).
+    env: Mapping[str, str] = field(default_factory=dict)
     return f"{phase}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
@@ -113,7 +115,7 @@ def _envvars(opts: ProvisionOptions) -> dict[str, str]:
         env["ANSIBLE_COLLECTIONS_PATH"] = playbook.collections_search_path(opts.collections_path)
     if opts.strategy.startswith("mitogen"):
         env["ANSIBLE_STRATEGY_PLUGINS"] = str(mitogen_strategy_dir())
-    return env
+    return {**opts.env, **env}
 
 
 def run_playbook(opts: ProvisionOptions, on_progress: Callable[[Progress], None] | None = None) -> ProvisionResult:
