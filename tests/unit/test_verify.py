@@ -313,3 +313,64 @@ def test_the_slurm_scenarios_disturbing_tests_are_its_resilience_tests(tmp_path:
         "test_resilience.py::test_stopped_slurmd_marks_the_node_down_and_back",
         "test_resilience.py::test_nfs_mount_survives_a_server_restart",
     ]
+
+
+# --- side by side: the undisturbing test files in parallel, the disturbing ones one by one ---------
+
+MEET = """\
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+def _meet(me, other):
+    # Passes only while the other file runs at the same time, in another process.
+    (HERE / f"{me}.pid").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 60
+    while not (HERE / f"{other}.pid").exists():
+        assert time.monotonic() < deadline, f"{other} never ran beside {me}"
+        time.sleep(0.1)
+    assert (HERE / f"{other}.pid").read_text() != str(os.getpid())
+
+
+def test_{me}():
+    _meet("{me}", "{other}")
+
+
+@pytest.mark.disturbing
+def test_{me}_alone():
+    # The disturbing pass: one process, so nobody runs beside it.
+    (HERE / "{me}.alone").write_text(str(os.getpid()))
+"""
+
+
+def test_undisturbing_test_files_run_side_by_side_and_disturbing_ones_in_one_process(tmp_path: Path) -> None:
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tests / "pytest.ini").write_text("[pytest]\naddopts = --strict-markers\n")
+    for me, other in (("nodes", "cluster"), ("cluster", "nodes")):
+        (tests / f"test_{me}.py").write_text(MEET.replace("{me}", me).replace("{other}", other))
+    assert verify.side_by_side(tests) == 2 and verify.side_by_side(tests, limit=1) == 1
+
+    phase, result, _ = _verify(tmp_path, tests)
+
+    assert result.ok and result.counts == "4 passed, 0 failed, 0 skipped", phase.detail
+    quick, disturbing = _pytest_runs(tmp_path)[1:]
+    assert "-n 2 --dist loadfile -m not disturbing" in quick and " -n " not in disturbing
+    # The two disturbing tests ran in the same process, after both quick ones.
+    assert (tests / "nodes.alone").read_text() == (tests / "cluster.alone").read_text()
+
+
+def test_a_single_test_file_runs_without_workers(tmp_path: Path) -> None:
+    tests = _tests_dir(tmp_path, with_faults=False)
+    assert verify.side_by_side(tests) == 1
+    argv = pytest_argv(tests, ["n1"], tmp_path / "c", None, None, workers=1)
+    assert "-n" not in argv
+    three = pytest_argv(tests, ["n1"], tmp_path / "c", None, None, workers=3)
+    assert three[three.index("-n") : three.index("-n") + 4] == ["-n", "3", "--dist", "loadfile"]
+    # Collecting never needs workers.
+    assert "-n" not in pytest_argv(tests, ["n1"], tmp_path / "c", None, None, collect_only=True, workers=3)
