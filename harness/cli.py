@@ -112,15 +112,15 @@ def validate(scenario: str, no_playbook: bool) -> None:
     sc = _load(scenario)
     nodes = sc.expanded_nodes()
     out.print(f"{sc.source}: ok — scenario {sc.name!r}, {len(nodes)} node(s): {', '.join(n.name for n in nodes)}")
-    if sc.offline is not None:  # the apt bundle it installs from
-        from harness import apt_bundle
-
-        checked = apt_bundle.check_bundle(sc.resolve(sc.offline.bundle))
     from harness import molecule
 
     if molecule.is_molecule(sc):  # what was mapped from what, and what the harness does not honour
         for note in molecule.translate(sc.source).notes:
             out.print(f"  molecule: {note}", highlight=False, markup=False)
+    if sc.offline is not None:  # the apt bundle it installs from
+        from harness import apt_bundle
+
+        checked = apt_bundle.check_bundle(sc.resolve(sc.offline.bundle))
         out.print(f"{checked.root}: ok — {checked.summary()}", highlight=False)
     if sc.provision is None or no_playbook:
         return

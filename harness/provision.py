@@ -60,12 +60,12 @@ class ProvisionOptions:
     limit: str | None = None
     # Ansible's `--skip-tags` (the inner loop's skipped units, harness.scope).
     skip_tags: str | None = None
+    # More environment for ansible-playbook (Molecule's environment, the scenario's provision.env).
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 def new_ident(phase: str) -> str:
     """A unique ansible-runner ident, e.g. `provision-20250101T120000-1a2b3c`."""
-    # More environment for ansible-playbook (Molecule's environment, the scenario's provision.env).
-    env: Mapping[str, str] = field(default_factory=dict)
     return f"{phase}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
