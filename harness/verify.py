@@ -4,10 +4,15 @@ pytest runs as a subprocess; its JUnit XML is read back as data.
 Tests marked `disturbing` (reboots, daemon restarts, faults) run in a pass of their own, after the
 others: the first pass (`-m "not disturbing"`) is the quick verdict, both passes the full one. With
 `quick` only the first pass runs, and the verdict says it is partial. A tests directory whose
-Python files never name the marker runs in one pass, as one pytest process."""
+Python files never name the marker runs in one pass.
+
+The tests not marked disturbing run side by side, one test file per pytest-xdist worker
+(`--dist loadfile`: a file's tests stay in order in one process, files are independent); the
+disturbing ones run one after another, in one process."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import sys
 import xml.etree.ElementTree as ET
@@ -22,6 +27,9 @@ DISTURBING = "disturbing"  # the marker (registered by harness.pytest_plugin)
 COLLECTED_OPTION = "--harness-collected"  # the plugin writes the node ids it runs to this file
 LEFT_FOR_FULL_VERDICT = f"{DISTURBING}: left for the full verdict"
 JUNIT_FILE = "verify-junit.xml"  # the one JUnit file of a verify (both passes), that reports read
+# Test files side by side at most: the tests mostly wait on SSH, but each worker is a Python process
+# and its SSH connections, on a host whose VMs already want its cores.
+MAX_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -77,10 +85,12 @@ def pytest_argv(
     marker: str | None = None,
     collected: Path | None = None,
     collect_only: bool = False,
+    workers: int = 1,
 ) -> list[str]:
     """pytest over plain SSH with the run's ssh_config; without one (real hosts, `harness promote`),
     over testinfra's `ansible://` backend, which connects as the inventory says. `marker` is a
-    `-m` expression, and-ed with `select` (`-k`) by pytest itself."""
+    `-m` expression, and-ed with `select` (`-k`) by pytest itself. With `workers` > 1 the test
+    files run side by side, each file whole in one worker."""
     if ssh_config is not None:
         hosts = [f"--hosts={','.join('ssh://' + n for n in nodes)}", f"--ssh-config={ssh_config}"]
         if inventory is not None:  # bare names (a module's testinfra_hosts) connect as the inventory says
@@ -106,6 +116,8 @@ def pytest_argv(
     if collected is not None:
         argv.append(f"{COLLECTED_OPTION}={collected}")
     argv += ["--collect-only", "-q"] if collect_only else ["-v", "--tb=short", "-ra"]
+    if workers > 1 and not collect_only:
+        argv += ["-n", str(workers), "--dist", "loadfile"]
     if marker:
         argv += ["-m", marker]
     if select:
@@ -156,6 +168,16 @@ def names_disturbing(tests_dir: Path) -> bool:
     return any(DISTURBING in f.read_text(encoding="utf-8", errors="replace") for f in sorted(tests_dir.rglob("*.py")))
 
 
+def side_by_side(tests_dir: Path, limit: int = MAX_WORKERS) -> int:
+    """How many pytest-xdist workers the undisturbing tests get: one per test file (pytest's
+    default `test_*.py` / `*_test.py`), at most `limit`; 1 (no xdist at all) for a single file or
+    where pytest-xdist is not installed."""
+    files = {*tests_dir.rglob("test_*.py"), *tests_dir.rglob("*_test.py")}
+    if len(files) < 2 or importlib.util.find_spec("xdist") is None:
+        return 1
+    return min(len(files), limit)
+
+
 def merge_junit(parts: list[Path], into: Path) -> Path:
     """One JUnit file of every pass's testsuites, in pass order."""
     root = ET.Element("testsuites", name="pytest tests")
@@ -179,7 +201,12 @@ class _Session:
     env: Mapping[str, str]
 
     def run(
-        self, junit: Path | None, marker: str | None, collected: Path | None = None, collect_only: bool = False
+        self,
+        junit: Path | None,
+        marker: str | None,
+        collected: Path | None = None,
+        collect_only: bool = False,
+        workers: int = 1,
     ) -> proc.CommandResult:
         argv = pytest_argv(
             self.tests_dir,
@@ -191,6 +218,7 @@ class _Session:
             marker=marker,
             collected=collected,
             collect_only=collect_only,
+            workers=workers,
         )
         # An empty HARNESS_SSH_CONFIG (not one inherited from the caller's shell): the inventory's own settings.
         env = {
@@ -201,10 +229,11 @@ class _Session:
         }
         return proc.run_logged(argv, self.log_path, env=env, cwd=self.tests_dir)
 
-    def run_pass(self, junit: Path, marker: str | None) -> VerifyResult:
-        """One pytest run of the tests `marker` selects (all without one), read back from its JUnit file."""
+    def run_pass(self, junit: Path, marker: str | None, workers: int = 1) -> VerifyResult:
+        """One pytest run of the tests `marker` selects (all without one), read back from its JUnit
+        file; with `workers` > 1, their files side by side."""
         junit.unlink(missing_ok=True)
-        result = self.run(junit, marker)
+        result = self.run(junit, marker, workers=workers)
         if not junit.exists():
             why = Failure("pytest", f"pytest did not run (exit {result.rc}); see {self.log_path}")
             return VerifyResult(result.rc, 0, 0, 0, [why], None, self.log_path, result.duration)
@@ -273,10 +302,12 @@ def run_tests(
     listed_s = 0.0
     if names_disturbing(tests_dir):
         disturbing, listed_s = session.disturbing(out_dir / "verify-disturbing.txt")
+    workers = side_by_side(tests_dir)
     if not disturbing:
-        result = session.run_pass(junit, None)
+        result = session.run_pass(junit, None, workers)
         return _collected_any(replace(result, seconds=result.seconds + listed_s), tests_dir, select)
-    first = replace(session.run_pass(out_dir / "verify-junit-quick.xml", f"not {DISTURBING}"), disturbing=disturbing)
+    quick_pass = session.run_pass(out_dir / "verify-junit-quick.xml", f"not {DISTURBING}", workers)
+    first = replace(quick_pass, disturbing=disturbing)
     if first.junit is None:  # pytest did not run: neither would the second pass
         return replace(first, seconds=listed_s + first.seconds)
     if on_quick is not None:
