@@ -111,6 +111,10 @@ def validate(scenario: str, no_playbook: bool) -> None:
     shows up in seconds. Role names defined in several places are listed with the one used."""
     sc = _load(scenario)
     nodes = sc.expanded_nodes()
+    if sc.provision is not None and sc.provision.collections is not None:  # its entries, before any "ok"
+        from harness import galaxy
+
+        galaxy.read_requirements(sc.resolve(sc.provision.collections))
     out.print(f"{sc.source}: ok — scenario {sc.name!r}, {len(nodes)} node(s): {', '.join(n.name for n in nodes)}")
     from harness import molecule
 
@@ -130,6 +134,8 @@ def validate(scenario: str, no_playbook: bool) -> None:
     for shadow in check.shadows:
         hidden = ", ".join(str(p) for p in shadow.hidden)
         out.print(f"role {shadow.name!r}: using {shadow.used} (also defined in {hidden}, not used)", highlight=False)
+    for cshadow in check.collection_shadows:
+        out.print(cshadow.describe(), highlight=False)
     if not check.ok:
         raise SpecError(str(sc.source), check.problems)
     out.print(f"{sc.resolve(sc.provision.playbook)}: ok — every role and module resolves ({check.seconds:.1f}s)")

@@ -281,6 +281,8 @@ def check_playbook(scenario: Scenario, on_progress: ProgressFn = _noop) -> None:
     check = playbook.syntax_check(scenario)
     for shadow in check.shadows:
         on_progress("validate", f"role {shadow.name!r} from {shadow.used} (not {', '.join(map(str, shadow.hidden))})")
+    for cshadow in check.collection_shadows:
+        on_progress("validate", cshadow.describe())
     if not check.ok:
         raise SpecError(str(scenario.source), check.problems)
 

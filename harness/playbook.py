@@ -3,18 +3,17 @@ collections it uses (installed offline, cached by content) and a syntax check th
 role and module.
 
 Role resolution order (README "Roles and collections"): the playbook's own `roles/` directory
-(Ansible's rule), then the scenario's `provision.roles_path` in its order, then this harness's
-`roles/` last. The user's role always wins over ours of the same name; `harness validate` names
-every such role so the choice is visible.
+(Ansible's rule), then the scenario's `provision.roles_path` in its order, then the roles of its
+requirements file (`provision.collections`, `roles:`), then this harness's `roles/` last. The
+user's role always wins over ours of the same name, and the user's copy of a collection over the
+one the `ansible` package ships; `harness validate` names every such role and collection.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,19 +21,22 @@ from typing import Any
 
 import yaml
 
-from harness import k8s_bundle, proc, tools
-from harness.errors import HostError, SpecError
-from harness.paths import ROLES_DIR, cache_dir
+from harness import galaxy, k8s_bundle, proc, tools
+from harness.paths import ROLES_DIR
 from harness.spec import Scenario
 
 log = logging.getLogger(__name__)
 
 
 def roles_path(scenario: Scenario) -> list[Path]:
-    """ANSIBLE_ROLES_PATH for a scenario: its own directories first, this harness's roles last."""
+    """ANSIBLE_ROLES_PATH for a scenario: its own directories first, then the roles its
+    requirements file installs (`roles:`, installed offline, cached), this harness's roles last."""
     assert scenario.provision is not None
     own = [scenario.resolve(p) for p in scenario.provision.roles_path]
-    return list(dict.fromkeys([*own, ROLES_DIR]))
+    installed = collections_path(scenario)
+    roles = installed / "roles" if installed is not None else None
+    required = [roles] if roles is not None and roles.is_dir() and any(roles.iterdir()) else []
+    return list(dict.fromkeys([*own, *required, ROLES_DIR]))
 
 
 def _role_dirs(playbook: Path, path: list[Path]) -> list[Path]:
@@ -62,74 +64,12 @@ def shadowed_roles(playbook: Path, path: list[Path]) -> list[Shadow]:
     return [Shadow(n, ps[0], tuple(ps[1:])) for n, ps in sorted(seen.items()) if len(ps) > 1]
 
 
-def requirement_sources(requirements: Path) -> list[Path]:
-    """Local paths (directories, tarballs) a requirements file installs from."""
-    try:
-        data = yaml.safe_load(requirements.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise SpecError(str(requirements), [f"cannot read the collections requirements: {exc}"]) from exc
-    entries = data.get("collections") if isinstance(data, dict) else None
-    if not isinstance(entries, list):
-        raise SpecError(str(requirements), ["collections: expected a list of collections to install"])
-    sources: list[Path] = []
-    problems: list[str] = []
-    for k, entry in enumerate(entries):
-        name = entry.get("source") or entry.get("name") if isinstance(entry, dict) else entry
-        kind = entry.get("type") if isinstance(entry, dict) else None
-        local = isinstance(name, str) and (kind in ("dir", "file", "subdirs") or name.startswith((".", "/")))
-        if not local:
-            problems.append(
-                f"collections[{k}]: {name!r} would come from a Galaxy server; runs are offline: give a local "
-                "directory or tarball (type: dir or file), e.g. from `ansible-galaxy collection download`"
-            )
-            continue
-        path = (requirements.parent / str(name)).resolve()
-        if not path.exists():
-            problems.append(f"collections[{k}]: {path} does not exist")
-        sources.append(path)
-    if problems:
-        raise SpecError(str(requirements), problems)
-    return sources
-
-
-def _digest(requirements: Path, sources: list[Path]) -> str:
-    h = hashlib.sha256(requirements.read_bytes())
-    for src in sources:
-        files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
-        for f in files:
-            h.update(str(f.relative_to(src) if src.is_dir() else f.name).encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def install_collections(requirements: Path) -> Path:
-    """Install a requirements file's collections offline into the cache; the collections path.
-
-    Cached by the content of the file and of every directory or tarball it names, so a run
-    reinstalls only after something changed."""
-    sources = requirement_sources(requirements)
-    target = cache_dir() / "collections" / _digest(requirements, sources)
-    if (target / "ansible_collections").is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="install-", dir=target.parent))
-    try:
-        argv = [tools.find("ansible-galaxy"), "collection", "install", "--offline", "-r", str(requirements),
-                "-p", str(work)]  # fmt: skip
-        result = proc.run(argv, cwd=requirements.parent, timeout=600)
-        if not result.ok:
-            raise HostError(f"cannot install the collections of {requirements}: {result.describe()}")
-        work.rename(target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    log.info("collections of %s installed in %s", requirements, target)
-    return target
-
-
 def collections_path(scenario: Scenario) -> Path | None:
+    """The scenario's requirements (`provision.collections`) installed offline (cached): the
+    directory with `ansible_collections/` and `roles/`; None without requirements."""
     assert scenario.provision is not None
     req = scenario.provision.collections
-    return install_collections(scenario.resolve(req)) if req is not None else None
+    return galaxy.install(scenario.resolve(req)) if req is not None else None
 
 
 def extra_vars(scenario: Scenario) -> dict[str, Any]:
@@ -139,11 +79,23 @@ def extra_vars(scenario: Scenario) -> dict[str, Any]:
     return {**k8s_bundle.extra_vars(scenario), **scenario.provision.extra_vars}
 
 
+def _default_collection_paths() -> list[Path]:
+    return [Path.home() / ".ansible" / "collections", Path("/usr/share/ansible/collections")]
+
+
 def collections_search_path(collections: Path) -> str:
     """The run's collections first, then Ansible's default places (a collection installed with
-    `ansible-galaxy collection install` stays visible)."""
-    defaults = [Path.home() / ".ansible" / "collections", Path("/usr/share/ansible/collections")]
-    return os.pathsep.join(str(p) for p in [collections, *defaults])
+    `ansible-galaxy collection install` stays visible). The `ansible` package's collections come
+    after all of these (Ansible scans Python's path last), so the user's copy of a collection wins."""
+    return os.pathsep.join(str(p) for p in [collections, *_default_collection_paths()])
+
+
+def shadowed_collections(collections: Path | None) -> list[galaxy.CollectionShadow]:
+    """The run's collections that hide another copy of the same name (a patched fork of a
+    collection the `ansible` package ships): `harness validate` and `run` name each."""
+    if collections is None:
+        return []
+    return galaxy.shadowed_collections(collections, galaxy.other_collection_roots(_default_collection_paths()))
 
 
 def ansible_env(role_dirs: list[Path], collections: Path | None) -> dict[str, str]:
@@ -164,6 +116,7 @@ class SyntaxCheck:
     problems: list[str]
     shadows: list[Shadow]
     seconds: float
+    collection_shadows: tuple[galaxy.CollectionShadow, ...] = ()
 
 
 def _placeholder_inventory(scenario: Scenario, path: Path) -> None:
@@ -184,7 +137,8 @@ def syntax_check(scenario: Scenario) -> SyntaxCheck:
     assert scenario.provision is not None
     playbook = scenario.resolve(scenario.provision.playbook)
     path = roles_path(scenario)
-    env = ansible_env(path, collections_path(scenario))
+    collections = collections_path(scenario)
+    env = ansible_env(path, collections)
     with tempfile.TemporaryDirectory(prefix="harness-syntax-") as tmp:
         inv = Path(tmp) / "inventory.yml"
         _placeholder_inventory(scenario, inv)
@@ -199,4 +153,5 @@ def syntax_check(scenario: Scenario) -> SyntaxCheck:
         problems = [f"provision.playbook: {playbook.name}: {e.strip()}{where}" for e in errors] or [
             f"provision.playbook: {playbook.name}: {result.describe()}"
         ]
-    return SyntaxCheck(result.ok, problems, shadowed_roles(playbook, path), result.duration)
+    shadows = shadowed_roles(playbook, path)
+    return SyntaxCheck(result.ok, problems, shadows, result.duration, tuple(shadowed_collections(collections)))

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness import __version__, flock, playbook
+from harness import __version__, flock, galaxy, playbook
 from harness.errors import SpecError
 from harness.paths import state_dir
 from harness.report import RunReport, is_secret_key, redact
@@ -137,7 +137,7 @@ def content_sources(scenario: Scenario) -> list[Path]:
         sources += [scenario.resolve(scenario.provision.playbook).parent, *playbook.roles_path(scenario)]
         if scenario.provision.collections is not None:
             requirements = scenario.resolve(scenario.provision.collections)
-            sources += [requirements, *playbook.requirement_sources(requirements)]
+            sources += [requirements, *galaxy.requirement_sources(requirements)]
     if scenario.tests is not None:
         sources.append(scenario.resolve(scenario.tests))
     return sources

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from harness import playbook
+from harness import galaxy, playbook
 from harness.cli import main
 from harness.errors import SpecError
 from harness.paths import ROLES_DIR
@@ -44,20 +44,20 @@ def test_syntax_check_resolves_user_roles_collections_and_dashed_groups() -> Non
 def test_collections_install_offline_once_per_content(tmp_path: Path) -> None:
     src = tmp_path / "reqs"
     shutil.copytree(EXT / "collections", src)
-    first = playbook.install_collections(src / "requirements.yml")
+    first = galaxy.install(src / "requirements.yml")
     assert (first / "ansible_collections" / "site" / "cluster" / "roles" / "banner").is_dir()
     marker = first / "ansible_collections" / "marker"
     marker.write_text("kept")
-    assert playbook.install_collections(src / "requirements.yml") == first and marker.exists()
+    assert galaxy.install(src / "requirements.yml") == first and marker.exists()
     (src / "site" / "cluster" / "roles" / "banner" / "tasks" / "main.yml").write_text("---\n[]\n")
-    assert playbook.install_collections(src / "requirements.yml") != first
+    assert galaxy.install(src / "requirements.yml") != first
 
 
 def test_a_galaxy_collection_is_refused_because_runs_are_offline(tmp_path: Path) -> None:
     req = tmp_path / "requirements.yml"
     req.write_text("collections:\n  - name: community.docker\n    version: '>=3'\n")
     with pytest.raises(SpecError) as info:
-        playbook.install_collections(req)
+        galaxy.install(req)
     assert "community.docker" in info.value.problems[0] and "offline" in info.value.problems[0]
 
 
