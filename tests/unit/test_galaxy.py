@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from harness import galaxy, playbook
+from harness import galaxy, lifecycle, playbook
 from harness.cli import main
 from harness.errors import SpecError
 from harness.spec import load_scenario
@@ -128,6 +128,9 @@ def test_a_broken_tarball_is_bad_input_named_before_any_ok(tmp_path: Path, conte
     text = " ".join(res.output.split())
     assert str(bad) in text and "ansible-galaxy collection build" in text
     assert ": ok" not in res.output and "Traceback" not in res.output
+    with pytest.raises(SpecError) as info:  # `harness run` checks the same before anything boots
+        lifecycle.check_playbook(load_scenario(str(scenario), []))
+    assert str(bad) in info.value.problems[0]
 
 
 def test_roles_from_local_tarballs_and_directories_install_offline(tmp_path: Path) -> None:
