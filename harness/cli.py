@@ -270,6 +270,10 @@ def ssh(scenario: str, node: str, command: tuple[str, ...]) -> None:
     os.execvp(argv[0], argv)
 
 
+# Lines of one failure's message on the console, after its first.
+CONSOLE_LINES = 45
+
+
 def _print_phase(ph: object) -> None:
     from harness.report import PhaseResult
 
@@ -280,7 +284,12 @@ def _print_phase(ph: object) -> None:
     for r in ph.retries:
         err.print(f"          retried: {r}", highlight=False, markup=False)
     for f in ph.failures[:20]:
-        err.print(f"          - {f.name}: {f.message}", highlight=False, markup=False)
+        first, *rest = f.message.splitlines() or [""]
+        if len(rest) > CONSOLE_LINES:  # the reports and logs keep every line
+            rest = [*rest[: CONSOLE_LINES - 1], f"... ({len(rest) - CONSOLE_LINES + 1} more lines in the reports)"]
+        err.print(f"          - {f.name}: {first}", highlight=False, markup=False)
+        for line in rest:
+            err.print(f"            {line}", highlight=False, markup=False)
 
 
 def _exit_for(ph: object) -> None:

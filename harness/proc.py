@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import selectors
+import shlex
 import signal
 import subprocess
 import time
@@ -24,6 +25,10 @@ def child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     return {**os.environ, "PATH": tools.search_path(), **run_marker(), **(env or {})}
 
 
+def _end(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
 @dataclass(frozen=True)
 class CommandResult:
     argv: tuple[str, ...]
@@ -35,6 +40,15 @@ class CommandResult:
     @property
     def ok(self) -> bool:
         return self.rc == 0
+
+    def __repr__(self) -> str:
+        """Short, as a test failure shows it (pytest's assertion explanation): the program and the
+        last two arguments (an ssh command's node and remote command), the code, the output's ends."""
+        argv = list(self.argv)
+        shown = shlex.join(argv) if len(argv) <= 4 else f"{shlex.join(argv[:1])} ... {shlex.join(argv[-2:])}"
+        return (
+            f"CommandResult(rc={self.rc}, argv={shown!r}, stdout={_end(self.stdout)!r}, stderr={_end(self.stderr)!r})"
+        )
 
     def describe(self) -> str:
         """One paragraph for an error message: the command, its code and the tail of stderr."""

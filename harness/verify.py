@@ -125,6 +125,21 @@ def pytest_argv(
     return argv
 
 
+def failure_text(message: str, text: str) -> str:
+    """pytest's failure message and traceback text, each fact once: the message only where the
+    text does not say it already (pytest repeats an assertion's message in the `E` lines, and a
+    `pytest.fail` message after `Failed: `)."""
+    said = {line.strip().removeprefix("E").strip() for line in text.splitlines()}
+
+    def known(line: str) -> bool:
+        line = line.strip()
+        return not line or line in said or line.partition(": ")[2].strip() in said
+
+    if text.strip() and all(known(line) for line in message.splitlines()):
+        return text.strip()
+    return f"{message}\n{text}".strip()
+
+
 def read_junit(path: Path) -> tuple[int, int, int, list[Failure]]:
     """(passed, failed, skipped, failures) from a pytest JUnit XML file."""
     root = ET.parse(path).getroot()
@@ -137,8 +152,7 @@ def read_junit(path: Path) -> tuple[int, int, int, list[Failure]]:
             bad = case.find("error")
         if bad is not None:
             failed += 1
-            text = (bad.get("message") or "") + "\n" + (bad.text or "")
-            failures.append(Failure(name, text.strip()[-2000:]))
+            failures.append(Failure(name, failure_text(bad.get("message") or "", bad.text or "")[-2000:]))
         elif case.find("skipped") is not None:
             skipped += 1
         else:

@@ -4,6 +4,8 @@ runs against local-connection fake hosts."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,10 @@ import pytest
 import yaml
 
 from harness import inventory, phases
+from harness.cli import _print_phase
 from harness.provision import ProvisionOptions, converge_verdict, new_ident, run_playbook
+from harness.report import PhaseResult
+from harness.verify import read_junit
 
 LOCAL = {"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}"}
 INVENTORY = {
@@ -125,3 +130,44 @@ def test_an_abort_after_a_task_failure_names_both(tmp_path: Path) -> None:
 )
 def test_host_patterns_resolve_as_ansible_resolves_them(pattern: str, hosts: list[str] | None) -> None:
     assert inventory.hosts_matching(INVENTORY, pattern) == hosts
+
+
+FAILING_TESTS = """
+import pytest
+from harness import proc
+
+SSH = ["-o", "ControlMaster=auto", "-o", "ControlPersist=60s", "-o", "BatchMode=yes", "login01"]
+
+
+def test_sinfo():
+    script = "echo slurm_load_partitions: Unable to contact slurm controller >&2; exit 1"
+    res = proc.run(["sh", "-c", script, *SSH, "sinfo -h"])
+    assert res.ok, "sinfo failed"
+
+
+def test_service():
+    pytest.fail("slurmctld on login01: not running\\n--- journal ---\\nstarted\\nstopped", pytrace=False)
+"""
+
+
+def test_a_failed_test_says_each_fact_once_indented_on_the_console(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "test_cluster.py").write_text(FAILING_TESTS)
+    junit = tmp_path / "junit.xml"
+    argv = [sys.executable, "-m", "pytest", str(tmp_path), "-p", "no:cacheprovider", "--tb=short", "-q"]
+    subprocess.run([*argv, f"--junitxml={junit}", "-o", "junit_family=xunit2"], cwd=tmp_path, capture_output=True)
+    _passed, failed, _skipped, failures = read_junit(junit)
+    assert failed == 2
+    sinfo, service = (f.message for f in failures)
+    assert sinfo.count("AssertionError: sinfo failed") == 1 and sinfo.count("Unable to contact slurm controller") == 1
+    assert sinfo.count("CommandResult(") == 1 and "ControlPersist" not in sinfo
+    assert "CommandResult(rc=1, argv=\"sh ... login01 'sinfo -h'\"" in sinfo
+    assert service.count("not running") == 1 and service.endswith("stopped")
+
+    _print_phase(PhaseResult("verify", "failed", 1.0, failures, "0 passed, 2 failed, 0 skipped"))
+    lines = capsys.readouterr().err.splitlines()
+    first = next(i for i, line in enumerate(lines) if "test_service" in line)
+    assert lines[first].startswith("          - ") and "slurmctld on login01: not running" in lines[first]
+    assert lines[first + 1 : first + 4] == ["            --- journal ---", "            started", "            stopped"]
+    assert all(line.startswith(" ") for line in lines[1:]), lines
