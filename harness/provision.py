@@ -22,7 +22,7 @@ from typing import Any
 
 import ansible_runner
 
-from harness import inventory, playbook, playbook_reach, reach, ssh, tools
+from harness import inventory, playbook, playbook_reach, proc, reach, ssh, tools
 from harness.ansible_events import (
     TASK_START,
     Event,
@@ -91,6 +91,7 @@ def _envvars(opts: ProvisionOptions) -> dict[str, str]:
     env = {
         # ansible-playbook and the ssh it runs, found without an activated virtualenv.
         "PATH": tools.search_path(),
+        **proc.run_marker(),  # gc finds ansible-playbook by the run's mark
         "ANSIBLE_ROLES_PATH": ":".join(str(p.resolve()) for p in opts.roles_path),
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_NOCOLOR": "True",

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from harness import proc
 from harness.ansible_events import (
     Progress,
     ProgressTracker,
@@ -440,3 +441,14 @@ def test_a_change_counted_only_in_the_recap_still_fails_idempotence() -> None:
     result = result_from_events(events, 0, "successful", LOG)
     [entry] = idempotence_verdict(result)
     assert entry.name == "n1: 2 changed task(s)" and "no event names them" in entry.message
+
+
+def test_ansible_playbook_carries_the_runs_mark_only_while_a_run_is_marked(tmp_path: Path) -> None:
+    """gc and teardown find a run's ansible-playbook by its mark (proc.RUN_ENV), given in its envvars."""
+    opts = ProvisionOptions(tmp_path, tmp_path / "p.yml", tmp_path / "inv.yml", [], {}, "x")
+    proc.mark_children("unit-iiiiii")
+    try:
+        assert _envvars(opts)[proc.RUN_ENV] == "unit-iiiiii" and proc.RUN_ENV not in os.environ
+    finally:
+        proc.unmark_children("unit-iiiiii")
+    assert proc.RUN_ENV not in _envvars(opts)
