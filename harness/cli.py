@@ -138,7 +138,15 @@ def validate(scenario: str, no_playbook: bool) -> None:
         out.print(cshadow.describe(), highlight=False)
     if not check.ok:
         raise SpecError(str(sc.source), check.problems)
-    out.print(f"{sc.resolve(sc.provision.playbook)}: ok — every role and module resolves ({check.seconds:.1f}s)")
+    book = sc.resolve(sc.provision.playbook)
+    included = f", {check.included} include(s) checked too" if check.included else ""
+    if not check.unchecked:
+        out.print(f"{book}: ok — every role and module resolves{included} ({check.seconds:.1f}s)")
+        return
+    out.print(f"{book}: ok — the roles and modules it names resolve{included} ({check.seconds:.1f}s)", highlight=False)
+    out.print("not checked (a run builds these names):", highlight=False)
+    for what in check.unchecked:
+        out.print(f"  - {what}", highlight=False, markup=False)
 
 
 @main.command()

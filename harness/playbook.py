@@ -15,13 +15,13 @@ import logging
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from harness import galaxy, k8s_bundle, proc, tools
+from harness import galaxy, k8s_bundle, playbook_reach, proc, tools
 from harness.paths import ROLES_DIR
 from harness.spec import Scenario
 
@@ -52,8 +52,9 @@ class Shadow:
     hidden: tuple[Path, ...]
 
 
-def shadowed_roles(playbook: Path, path: list[Path]) -> list[Shadow]:
-    """Role names found in more than one directory of the search order."""
+def shadowed_roles(playbook: Path, path: list[Path], used: set[str] | None = None) -> list[Shadow]:
+    """Role names found in more than one directory of the search order; with `used`, only those
+    (the roles the playbook uses)."""
     seen: dict[str, list[Path]] = {}
     for d in _role_dirs(playbook, path):
         if d.is_dir():
@@ -61,7 +62,8 @@ def shadowed_roles(playbook: Path, path: list[Path]) -> list[Shadow]:
                 where = seen.setdefault(role.name, [])
                 if role.resolve() not in [w.resolve() for w in where]:
                     where.append(role)
-    return [Shadow(n, ps[0], tuple(ps[1:])) for n, ps in sorted(seen.items()) if len(ps) > 1]
+    found = [Shadow(n, ps[0], tuple(ps[1:])) for n, ps in sorted(seen.items()) if len(ps) > 1]
+    return [s for s in found if used is None or s.name in used]
 
 
 def collections_path(scenario: Scenario) -> Path | None:
@@ -116,6 +118,10 @@ class SyntaxCheck:
     problems: list[str]
     shadows: list[Shadow]
     seconds: float
+    # Roles and task files only include_role / include_tasks reach (checked on their own), and the
+    # includes whose names a run builds (not checked).
+    included: int = 0
+    unchecked: tuple[str, ...] = ()
     collection_shadows: tuple[galaxy.CollectionShadow, ...] = ()
 
 
@@ -144,6 +150,14 @@ def syntax_check(scenario: Scenario) -> SyntaxCheck:
         _placeholder_inventory(scenario, inv)
         argv = [tools.find("ansible-playbook"), "--syntax-check", "-i", str(inv), str(playbook)]
         result = proc.run(argv, env={**env, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": tmp}, timeout=300)
+        reached = playbook_reach.reach(playbook, path)
+        if result.ok and reached.includes:  # what --syntax-check does not follow, imported statically
+            argv[-1] = str(playbook_reach.includes_playbook(reached, Path(tmp) / "included.yml"))
+            roles = ansible_env([playbook.parent / "roles", *path, playbook.parent], None)  # as the playbook's own
+            included = proc.run(
+                argv, env={**env, **roles, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": tmp}, timeout=300
+            )
+            result = replace(included, duration=result.duration + included.duration)
     problems: list[str] = []
     if not result.ok:
         text = result.stderr + result.stdout
@@ -153,5 +167,15 @@ def syntax_check(scenario: Scenario) -> SyntaxCheck:
         problems = [f"provision.playbook: {playbook.name}: {e.strip()}{where}" for e in errors] or [
             f"provision.playbook: {playbook.name}: {result.describe()}"
         ]
-    shadows = shadowed_roles(playbook, path)
-    return SyntaxCheck(result.ok, problems, shadows, result.duration, tuple(shadowed_collections(collections)))
+    problems += [f"provision.playbook: {playbook.name}: {m}" for m in reached.missing]
+    result = replace(result, rc=result.rc or int(bool(reached.missing)))
+    shadows = shadowed_roles(playbook, path, set(reached.roles))
+    return SyntaxCheck(
+        result.ok,
+        problems,
+        shadows,
+        result.duration,
+        included=len(reached.includes),
+        unchecked=tuple(reached.unchecked),
+        collection_shadows=tuple(shadowed_collections(collections)),
+    )

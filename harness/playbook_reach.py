@@ -257,3 +257,24 @@ def plays_of(entries: list[tuple[Mapping[str, Any], Path]]) -> list[Play]:
 def reach(book: Path, role_dirs: list[Path]) -> Reach:
     """Everything the playbook reaches by a fixed name, with `role_dirs` as the roles path."""
     return _Walker(book, role_dirs).walk()
+
+
+def includes_playbook(reached: Reach, path: Path) -> Path:
+    """A playbook importing, statically, every role and task file the playbook only includes, so
+    that `ansible-playbook --syntax-check` of it resolves their roles and modules; one play per
+    `collections:` keyword the includes were found under."""
+    by_collections: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for inc in reached.includes:
+        if inc.role is not None:
+            args = {"name": inc.role, **({"tasks_from": inc.tasks_from} if inc.tasks_from else {})}
+            task: dict[str, Any] = {"name": f"{inc.kind} at {inc.where}", "ansible.builtin.import_role": args}
+        else:
+            task = {"name": f"{inc.kind} at {inc.where}", "ansible.builtin.import_tasks": str(inc.path)}
+        by_collections.setdefault(inc.collections, []).append(task)
+    plays = [
+        {"name": "what the playbook includes", "hosts": "all", "gather_facts": False, "tasks": tasks}
+        | ({"collections": list(collections)} if collections else {})
+        for collections, tasks in by_collections.items()
+    ]
+    path.write_text(yaml.safe_dump(plays, sort_keys=False), encoding="utf-8")
+    return path

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from harness import inventory, phases
-from harness.cli import _print_phase
+from harness.cli import _print_phase, main
 from harness.provision import ProvisionOptions, converge_verdict, new_ident, run_playbook
 from harness.report import PhaseResult
 from harness.verify import read_junit
@@ -171,3 +172,82 @@ def test_a_failed_test_says_each_fact_once_indented_on_the_console(
     assert lines[first].startswith("          - ") and "slurmctld on login01: not running" in lines[first]
     assert lines[first + 1 : first + 4] == ["            --- journal ---", "            started", "            stopped"]
     assert all(line.startswith(" ") for line in lines[1:]), lines
+
+
+def _scenario(tmp_path: Path, tasks: list[dict[str, Any]], roles: dict[str, str]) -> Path:
+    """A scenario whose playbook runs `tasks`, with `roles` (name: tasks/main.yml text) in its roles/."""
+    for name, text in roles.items():
+        (tmp_path / "roles" / name / "tasks").mkdir(parents=True)
+        (tmp_path / "roles" / name / "tasks" / "main.yml").write_text(text)
+    (tmp_path / "site.yml").write_text(yaml.safe_dump([_play("Site", "all", *tasks)], sort_keys=False))
+    (tmp_path / "scenario.yml").write_text("name: t\nnodes:\n  - name: a\nprovision:\n  playbook: site.yml\n")
+    return tmp_path / "scenario.yml"
+
+
+def _include(kind: str, name: str) -> dict[str, Any]:
+    return {"name": f"{kind} {name}", f"ansible.builtin.{kind}": {"name": name} if kind.endswith("role") else name}
+
+
+BROKEN = "- name: Use a missing module\n  community.nope.thing: {x: 1}\n"
+
+
+@pytest.fixture
+def _own_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.mark.usefixtures("_own_cache")
+def test_validate_follows_include_role_to_a_module_that_does_not_resolve(tmp_path: Path) -> None:
+    scenario = _scenario(
+        tmp_path,
+        [_include("include_role", "outer")],
+        {"outer": "- name: Then the broken one\n  ansible.builtin.include_role: {name: broken}\n", "broken": BROKEN},
+    )
+    res = CliRunner().invoke(main, ["validate", str(scenario)])
+    assert res.exit_code == 2, res.output
+    assert "community.nope.thing" in res.output and f"{tmp_path / 'roles/broken/tasks/main.yml'}, line 1" in res.output
+    assert "every role and module resolves" not in res.output
+
+
+@pytest.mark.usefixtures("_own_cache")
+def test_validate_names_an_included_role_that_does_not_exist(tmp_path: Path) -> None:
+    scenario = _scenario(tmp_path, [_include("include_role", "no_such_role")], {})
+    res = CliRunner().invoke(main, ["validate", str(scenario)])
+    assert res.exit_code == 2, res.output
+    assert "ansible.builtin.include_role 'no_such_role' at " in res.output and "site.yml:5: no role" in res.output
+
+
+@pytest.mark.usefixtures("_own_cache")
+def test_validate_checks_included_task_files_and_says_what_it_could_not_check(tmp_path: Path) -> None:
+    main_yml = (
+        "- name: More tasks\n  ansible.builtin.include_tasks: more.yml\n"
+        "- name: Per OS\n  ansible.builtin.include_tasks: '{{ ansible_os_family }}.yml'\n"
+    )
+    scenario = _scenario(tmp_path, [_include("include_role", "good")], {"good": main_yml})
+    (tmp_path / "roles" / "good" / "tasks" / "more.yml").write_text("- name: Fine\n  ansible.builtin.ping:\n")
+    res = CliRunner().invoke(main, ["validate", str(scenario)])
+    assert res.exit_code == 0, res.output
+    assert "ok — the roles and modules it names resolve, 2 include(s) checked too" in res.output
+    assert "not checked (a run builds these names):" in res.output
+    assert "ansible.builtin.include_tasks '{{ ansible_os_family }}.yml' at " in res.output
+    assert "every role and module resolves" not in res.output
+
+    (tmp_path / "roles" / "good" / "tasks" / "more.yml").write_text(BROKEN)
+    res = CliRunner().invoke(main, ["validate", str(scenario)])
+    assert res.exit_code == 2 and "community.nope.thing" in res.output, res.output
+
+
+@pytest.mark.usefixtures("_own_cache")
+def test_the_shadowing_notice_names_only_roles_the_playbook_uses(tmp_path: Path) -> None:
+    scenario = _scenario(
+        tmp_path,
+        [_include("include_role", "lmod"), _include("import_role", "site")],
+        {"lmod": "- name: Own lmod\n  ansible.builtin.ping:\n", "slurm": "[]\n", "site": "[]\n"},
+    )
+    (tmp_path / "scenario.yml").write_text(
+        "name: t\nnodes:\n  - name: a\nprovision:\n  playbook: site.yml\n  roles_path: [roles]\n"
+    )
+    res = CliRunner().invoke(main, ["validate", str(scenario)])
+    assert res.exit_code == 0, res.output
+    assert "role 'lmod': using" in res.output
+    assert "role 'slurm'" not in res.output
