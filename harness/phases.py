@@ -211,14 +211,16 @@ def converge(
 
 
 def converge_detail(result: ansible_events.ProvisionResult) -> str:
-    """Task counts summed over hosts, as Ansible's recap names them; without a recap, what is known."""
+    """Task counts summed over hosts, as Ansible's recap names them; without a recap, what is known;
+    then how many plays never ran, if any."""
+    missed = f"; {len(result.missed)} play(s) never ran" if result.missed else ""
     if not result.stats and not result.ok:
         if not (result.task_durations or result.failures or result.changed):
-            return f"play aborted before any task ran (rc {result.rc})"
-        return f"no recap from ansible-playbook (status {result.status}, rc {result.rc})"
+            return f"play aborted before any task ran (rc {result.rc}){missed}"
+        return f"no recap from ansible-playbook (status {result.status}, rc {result.rc}){missed}"
     totals = {k: sum(getattr(st, k) for st in result.stats.values()) for k in ("ok", "changed", "failures")}
     detail = f"{len(result.stats)} hosts: ok={totals['ok']} changed={totals['changed']} failed={totals['failures']}"
-    return detail + (f"; {len(result.missed)} play(s) never ran" if result.missed else "")
+    return detail + missed
 
 
 def unreachable_phase(phase: str, conv: Converge, seconds: float) -> PhaseResult:

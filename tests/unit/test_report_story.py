@@ -112,6 +112,7 @@ def test_an_abort_after_a_task_failure_names_both(tmp_path: Path) -> None:
     assert entries[1].message.startswith(f"ansible-playbook stopped: {cause} at {role / 'main.yml'}:1")
     assert entries[2].message.startswith(f"because ansible-playbook stopped: {cause}")
     assert "play 'Later' (hosts: compute) never ran on: n02, n03" in entries[2].message
+    assert phases.converge_detail(result) == "no recap from ansible-playbook (status failed, rc 4); 1 play(s) never ran"
 
 
 @pytest.mark.parametrize(
