@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./ci/bootstrap.sh
+# The oldest supported ansible-core beside .venv's newest (seconds: it holds ansible-core only).
+./ci/ansible-oldest.sh
 .venv/bin/ruff check harness tests
 .venv/bin/mypy harness tests
 # Roles and playbooks (site.yml and variants such as k8s/site-slurm-k8s.yml), production profile

@@ -463,14 +463,16 @@ def _indent(text: str, prefix: str = "      ") -> str:
 
 
 def _cause(lines: list[str]) -> str | None:
-    """One line saying why ansible-playbook stopped, from its first ERROR line; None without one."""
-    error = next((m for m in map(_ERROR_LINE.match, lines) if m), None)
-    if error is None:
+    """One line saying why ansible-playbook stopped, from its last ERROR line (ansible-core 2.19
+    also writes one per failed task before the fatal one) and the location after it; None without one."""
+    errors = [(i, m) for i, m in enumerate(map(_ERROR_LINE.match, lines)) if m]
+    if not errors:
         return None
+    at, error = errors[-1]
     text = error["text"].strip()
     known = next((m for m in (p.search(text) for p in _KNOWN_CAUSES) if m), None)
     cause = known.group(0) if known else text.split(". ")[0].rstrip(".")
-    where = next((m for m in map(_ERROR_WHERE.search, lines) if m), None)
+    where = next((m for m in map(_ERROR_WHERE.search, lines[at:]) if m), None)
     if where:
         cause += f" at {where['file']}:{where['line']}" if where["file"] else f" at {where['origin']}"
     return cause if len(cause) <= 300 else cause[:297] + "..."

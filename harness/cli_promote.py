@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from harness import lifecycle, promote, rehearsal
+from harness import lifecycle, playbook, promote, rehearsal
 from harness.errors import UsageError
 from harness.paths import scenario_search_dirs
 from harness.report import write_reports
@@ -64,6 +64,9 @@ def promote_cmd(
     content = rehearsal.content_manifest(sc)
     proven = promote.require_rehearsal(sc, content, record=record)
     err.print(f"[green]rehearsed[/] {proven.describe()}", highlight=False)
+    warning = promote.ansible_core_warning(proven, playbook.ansible_core_version())
+    if warning is not None:
+        err.print(f"[bold yellow]warning[/] {escape(warning)}", highlight=False)
     lifecycle.check_playbook(sc, _say)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     target = report_dir or Path.cwd() / ".harness" / "promotions" / f"{sc.name}-{'check-' if check else ''}{stamp}"

@@ -283,6 +283,8 @@ def check_playbook(scenario: Scenario, on_progress: ProgressFn = _noop) -> None:
         on_progress("validate", f"role {shadow.name!r} from {shadow.used} (not {', '.join(map(str, shadow.hidden))})")
     for cshadow in check.collection_shadows:
         on_progress("validate", cshadow.describe())
+    for what in check.unchecked:
+        on_progress("validate", f"not checked (a run builds this name): {what}")
     if not check.ok:
         raise SpecError(str(scenario.source), check.problems)
 
@@ -336,6 +338,7 @@ def run_scenario(
     rep = execute(SEQUENCE, ctx)
     rep.metadata = {
         "harness_version": __version__,
+        "ansible_core": playbook.ansible_core_version(),
         "host": platform.node(),
         "accelerator": ctx.run.accel if ctx.run is not None else "",
         "base": rep.phase("up").detail if reuse_from is not None and rep.phases else "a new cluster",

@@ -16,6 +16,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,23 @@ def shadowed_collections(collections: Path | None) -> list[galaxy.CollectionShad
     return galaxy.shadowed_collections(collections, galaxy.other_collection_roots(_default_collection_paths()))
 
 
+_CORE = re.compile(r"\[core (\d+\.\d+\.\d+\S*)\]")
+
+
+@cache
+def _core_version_of(path: str) -> str:
+    result = proc.run([path, "--version"], timeout=120, env={"ANSIBLE_NOCOLOR": "1"})
+    found = _CORE.search(result.stdout) if result.ok else None
+    return found.group(1) if found else ""
+
+
+def ansible_core_version() -> str:
+    """The ansible-core of the `ansible-playbook` the harness runs (`2.19.15`, as its `--version`
+    says), or "" when there is none or it says no version. Asked once per process."""
+    found = tools.which("ansible-playbook")
+    return _core_version_of(found) if found else ""
+
+
 def ansible_env(role_dirs: list[Path], collections: Path | None) -> dict[str, str]:
     """Where Ansible looks for roles and collections (the collections of the `ansible` package,
     a harness dependency, are found through Python's path in any case)."""
@@ -109,7 +127,12 @@ def ansible_env(role_dirs: list[Path], collections: Path | None) -> dict[str, st
     return env
 
 
-_ERROR = re.compile(r"^ERROR! (.*)$", re.MULTILINE)
+# ansible-core <= 2.18 writes `ERROR! msg` and "The error appears to be in 'path': line N";
+# 2.19 writes `[ERROR]: msg` and `Origin: path:line:column`.
+_ERROR = re.compile(r"^(?:ERROR!|\[ERROR\]:) (.*)$", re.MULTILINE)
+_LOCATION = re.compile(
+    r"The error appears to be in '([^']+)': line (\d+)|^Origin: (\S+?):(\d+)(?::\d+)?$", re.MULTILINE
+)
 
 
 @dataclass(frozen=True)
@@ -162,8 +185,11 @@ def syntax_check(scenario: Scenario) -> SyntaxCheck:
     if not result.ok:
         text = result.stderr + result.stdout
         errors = _ERROR.findall(text)
-        location = re.search(r"The error appears to be in '([^']+)': line (\d+)", text)
-        where = f" ({location.group(1)}, line {location.group(2)})" if location else ""
+        found = _LOCATION.search(text)
+        where = ""
+        if found:
+            file, line = (found.group(1), found.group(2)) if found.group(1) else (found.group(3), found.group(4))
+            where = f" ({file}, line {line})"
         problems = [f"provision.playbook: {playbook.name}: {e.strip()}{where}" for e in errors] or [
             f"provision.playbook: {playbook.name}: {result.describe()}"
         ]

@@ -222,6 +222,20 @@ def _verify_phase(scenario: Scenario, inventory_path: Path, hosts: list[str], re
     return PhaseResult("verify", status, result.seconds, failures, detail, junit=result.junit)
 
 
+def ansible_core_warning(proven_by: Rehearsal, site: str) -> str | None:
+    """What to tell the user when the site's ansible-core (`site`, the one this promotion runs) is
+    not the one the rehearsal converged with; None when they match or either is unknown. A warning,
+    not a refusal: the content is what was proven, the Ansible that applies it is not."""
+    rehearsed = proven_by.ansible_core
+    if not rehearsed or not site or rehearsed == site:
+        return None
+    return (
+        f"ansible-core differs: this promotion runs {site}, the rehearsal ({proven_by.run_id or '-'}) ran "
+        f"{rehearsed}. Templating and module behaviour can differ between releases: rehearse with "
+        f"ansible-core {site}, or promote from an environment with {rehearsed}."
+    )
+
+
 def promote(
     scenario: Scenario,
     inventory_path: Path,
@@ -244,7 +258,12 @@ def promote(
         "hosts": ", ".join(hosts),
         "rehearsal": proven_by.describe(),
         "content": proven_by.content.digest,
+        "ansible_core": playbook.ansible_core_version(),
+        "rehearsal_ansible_core": proven_by.ansible_core,
     }
+    warning = ansible_core_warning(proven_by, rep.metadata["ansible_core"])
+    if warning is not None:
+        rep.metadata["warnings"] = [warning]
     on_progress("provision", f"converging {len(hosts)} host(s): {', '.join(hosts)}")
     opts = converge_options(scenario, inventory_path, report_dir, limit=limit)
     converged = _provision_phase(opts, on_progress)

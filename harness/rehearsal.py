@@ -210,6 +210,7 @@ class Rehearsal:
     select: str | None = None  # `-k`: only some tests ran
     base: str = "a new cluster"
     partial: tuple[str, ...] = ()  # phases that left part of their work out (`--quick`): never green
+    ansible_core: str = ""  # the ansible-core version the run converged with ("" in older records)
 
     @property
     def green(self) -> bool:
@@ -236,6 +237,7 @@ class Rehearsal:
         return (
             f"run {self.run_id or '-'} of {self.scenario} on {self.host or '?'} ({self.accelerator or '?'}) "
             f"at {self.time}, content {self.content.short}"
+            + (f", ansible-core {self.ansible_core}" if self.ansible_core else "")
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -251,6 +253,7 @@ class Rehearsal:
             "select": self.select,
             "base": self.base,
             "partial": list(self.partial),
+            "ansible_core": self.ansible_core,
             "content": self.content.to_dict(),
         }
 
@@ -267,6 +270,7 @@ class Rehearsal:
             select=data.get("select"),
             base=str(data.get("base") or ""),
             partial=tuple(str(p) for p in data.get("partial") or ()),
+            ansible_core=str(data.get("ansible_core") or ""),
         )
 
 
@@ -284,6 +288,7 @@ def from_report(scenario: Scenario, rep: RunReport, content: Manifest, select: s
         select=select,
         base=str(meta.get("base", "a new cluster")),
         partial=tuple(p.name for p in rep.all_phases() if p.partial),
+        ansible_core=str(meta.get("ansible_core", "")),
     )
 
 

@@ -303,7 +303,12 @@ def render_markdown(report: RunReport) -> str:
     lines = [
         f"# {_md_cell(report.scenario)}: {report.status}{partial}",
         "",
-        f"Run `{report.run_id}`.",
+        f"Run `{report.run_id}`."
+        + (
+            f" ansible-core {_md_cell(str(report.metadata['ansible_core']))}."
+            if report.metadata.get("ansible_core")
+            else ""
+        ),
         "",
         "| Phase | Status | Time | Failures | Detail |",
         "|---|---|---:|---:|---|",
@@ -315,6 +320,10 @@ def render_markdown(report: RunReport) -> str:
     lines.append(
         f"| **total** | **{report.status}** | {format_seconds(total)} | {sum(len(p.failures) for p in phases)} | |"
     )
+    warnings = [str(w) for w in report.metadata.get("warnings") or ()]
+    if warnings:
+        lines += ["", "## Warnings", ""]
+        lines += [f"- {_md_cell(w)}" for w in warnings]
     retried = [(p, r) for p in phases for r in p.retries]
     if retried:
         lines += ["", "## Retries (nodes that stopped answering; not a verdict about the roles)", ""]

@@ -24,6 +24,8 @@ from harness.spec import load_scenario
 from tests.unit.test_k3s_role import GOLDEN, GOLDEN_CASES, ROLE, ROOT, host_vars
 from tests.unit.test_k8s_bundle import make_bundle
 
+pytestmark = pytest.mark.ansible  # real ansible-playbook: CI runs these on the oldest ansible-core too
+
 # gpu01 has a GPU (the gpu-agent golden case), gpu02 none (agent), mgmt01 is the server.
 NODES = {"mgmt01": ("10.77.0.11", []), "gpu01": ("10.77.0.21", ["0000:08:00.0"]), "gpu02": ("10.77.0.22", [])}
 CASES = {"server": "mgmt01", "agent": "gpu02", "gpu-agent": "gpu01"}
@@ -55,7 +57,10 @@ def _stand_in_nodes(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         seen = host_vars(node, gpus=gpus)
         hosts[node] = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
         hosts[node]["harness_private_ip"] = ip
-        (cache / node).write_text(json.dumps({f"ansible_{k}": v for k, v in seen["ansible_facts"].items()}))
+        facts = json.dumps({f"ansible_{k}": v for k, v in seen["ansible_facts"].items()})
+        # ansible-core <= 2.18 reads `NODE` (the facts); 2.19 reads `s1_NODE` (them as a payload).
+        (cache / node).write_text(facts)
+        (cache / f"s1_{node}").write_text(json.dumps({"__payload__": facts}))
     children: dict[str, Any] = {"mgmt": {"hosts": {"mgmt01": {}}}, "gpu": {"hosts": {"gpu01": {}, "gpu02": {}}}}
     inventory = tmp_path / "inventory.yml"
     inventory.write_text(yaml.safe_dump({"all": {"hosts": hosts, "children": children}}))

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from harness import lifecycle, node_packages, nodes, report
+from harness import lifecycle, node_packages, nodes, playbook, report
 from harness.errors import DestroyError, IdempotenceError, Interrupted, ProviderError, ProvisionError, VerifyError
 from harness.rundir import RunState
 from harness.spec import parse_scenario
+from tests.unit.test_rehearsal import make_scenario
 
 SCENARIO = "name: t\nnodes:\n  - name: a\nprovision:\n  playbook: site.yml\ntests: tests\n"
 
@@ -223,3 +224,15 @@ def test_full_or_an_unproven_checkpoint_converges_everything_twice_and_tests(
     results = _steps_after_up(ctx)
     assert calls == ["provision:full", "idempotence", "verify"]
     assert not any(r.partial for r in results.values())
+
+
+def test_the_report_names_the_ansible_core_the_run_converged_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lifecycle, "check_playbook", lambda sc, on_progress=None: None)
+    monkeypatch.setattr(lifecycle, "execute", lambda steps, ctx: report.RunReport(ctx.scenario.name, "r-1"))
+    monkeypatch.setattr(playbook, "ansible_core_version", lambda: "2.19.15")
+    rep, _ = lifecycle.run_scenario(make_scenario(tmp_path))
+    assert rep.metadata["ansible_core"] == "2.19.15"
+    assert rep.to_dict()["metadata"]["ansible_core"] == "2.19.15"
+    assert "Run `r-1`. ansible-core 2.19.15." in report.render_markdown(rep)

@@ -3,6 +3,7 @@ set in tests/fixtures/external (a site's own roles, not the harness's)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from harness.cli import main
 from harness.errors import SpecError
 from harness.paths import ROLES_DIR
 from harness.spec import load_scenario
+
+pytestmark = pytest.mark.ansible  # real ansible-playbook: CI runs these on the oldest ansible-core too
 
 EXT = Path(__file__).parent.parent / "fixtures" / "external"
 
@@ -79,3 +82,8 @@ def test_validate_ok_says_which_role_is_used() -> None:
     res = CliRunner().invoke(main, ["validate", str(EXT / "scenario.yml")])
     assert res.exit_code == 0, res.output
     assert "role 'lmod': using" in res.output and "every role and module resolves" in res.output
+
+
+def test_the_ansible_core_version_is_that_of_the_ansible_playbook_the_harness_runs() -> None:
+    # Under .venv-ansible-oldest (CI) this is 2.17.x, under .venv the newest: whichever is installed.
+    assert playbook.ansible_core_version() == importlib.metadata.version("ansible-core")

@@ -12,12 +12,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from harness import ansible_events, lifecycle, promote, provision, rehearsal, verify
+from harness import ansible_events, lifecycle, playbook, promote, provision, rehearsal, verify
 from harness.cli import main
 from harness.errors import PromotionRefused, ProvisionError, UnreachableError, VerifyError
-from harness.report import Failure, PhaseResult, RunReport
+from harness.report import Failure, PhaseResult, RunReport, render_markdown
 from harness.spec import Scenario
 from tests.unit.test_rehearsal import GREEN, PHASES, make_scenario
+
+pytestmark = pytest.mark.ansible  # real ansible-playbook: CI runs these on the oldest ansible-core too
 
 INVENTORY = {
     "all": {
@@ -46,12 +48,14 @@ def inventory(tmp_path: Path) -> Path:
     return path
 
 
-def rehearse(sc: Scenario, statuses: dict[str, str] = GREEN, run_id: str = "r-1") -> rehearsal.Rehearsal:
+def rehearse(
+    sc: Scenario, statuses: dict[str, str] = GREEN, run_id: str = "r-1", ansible_core: str = ""
+) -> rehearsal.Rehearsal:
     """Record a rehearsal of the scenario's content as it is now (as `harness run` does)."""
     rep = RunReport(sc.name, run_id, order=PHASES)
     for name, status in statuses.items():
         rep.record(PhaseResult(name, status))  # type: ignore[arg-type]
-    rep.metadata = {"host": "bench7", "accelerator": "kvm"}
+    rep.metadata = {"host": "bench7", "accelerator": "kvm", "ansible_core": ansible_core}
     record = rehearsal.from_report(sc, rep, rehearsal.content_manifest(sc))
     rehearsal.append_to_ledger(record)
     return record
@@ -236,6 +240,41 @@ def test_promote_converges_then_tests_the_real_hosts_and_names_the_diverged_ones
     assert isinstance(lifecycle.first_failure(rep), VerifyError)
 
 
+@pytest.mark.parametrize(
+    ("rehearsed", "site_core", "warned"), [("2.17.14", "2.19.15", True), ("2.19.15", "2.19.15", False)]
+)
+def test_another_ansible_core_than_the_rehearsals_is_a_warning_in_the_report_not_a_refusal(
+    site: Scenario,
+    inventory: Path,
+    tmp_path: Path,
+    ledger: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    rehearsed: str,
+    site_core: str,
+    warned: bool,
+) -> None:
+    proven = rehearse(site, ansible_core=rehearsed)
+    ok = ansible_events.ProvisionResult(0, "successful", {"dgx01": ansible_events.HostStats(ok=1)})
+    monkeypatch.setattr(provision, "run_playbook", lambda opts, on_progress=None: ok)
+    monkeypatch.setattr(verify, "run_tests", lambda tests_dir, **kw: verify.VerifyResult(0, 1, 0, 0, []))
+    monkeypatch.setattr(playbook, "ansible_core_version", lambda: site_core)
+
+    rep = promote.promote(site, inventory, tmp_path / "report", proven)
+
+    assert rep.status == "passed"
+    assert rep.metadata["ansible_core"] == site_core and rep.metadata["rehearsal_ansible_core"] == rehearsed
+    markdown = render_markdown(rep)
+    assert f"ansible-core {site_core}." in markdown
+    if warned:
+        [warning] = rep.metadata["warnings"]
+        assert "ansible-core differs: this promotion runs 2.19.15, the rehearsal (r-1) ran 2.17.14" in warning
+        assert "## Warnings" in markdown and warning in markdown
+    else:
+        assert "warnings" not in rep.metadata and "## Warnings" not in markdown
+    assert promote.ansible_core_warning(proven, "") is None  # unknown on either side: nothing to say
+    assert promote.ansible_core_warning(rehearse(site, ansible_core=""), site_core) is None
+
+
 def test_a_converge_that_fails_names_its_hosts_and_skips_the_tests(
     site: Scenario, inventory: Path, tmp_path: Path, ledger: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -289,6 +328,22 @@ def test_the_command_previews_a_rehearsed_scenario(
     assert "rehearsed run r-1 of site" in res.output and "## dgx01: 1 task(s) would change" in res.output
     assert seen == {"inventory": inventory, "work": tmp_path / "r", "limit": "gpu"}
     assert (tmp_path / "r" / "check.md").read_text().startswith("# What a promotion would change")
+
+
+def test_the_command_warns_when_the_sites_ansible_core_is_not_the_rehearsals(
+    site: Scenario, inventory: Path, tmp_path: Path, ledger: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rehearse(site, ansible_core="2.17.14")
+    monkeypatch.setattr(playbook, "ansible_core_version", lambda: "2.19.15")
+    monkeypatch.setattr(lifecycle, "check_playbook", lambda sc, on_progress=None: None)
+    monkeypatch.setattr(
+        promote, "check", lambda *a, **kw: promote.preview_of(ansible_events.ProvisionResult(0, "successful", {}))
+    )
+    argv = ["promote", str(site.source), "-i", str(inventory), "--check", "--report-dir", str(tmp_path / "r")]
+    res = CliRunner().invoke(main, argv)
+    assert res.exit_code == 0, res.output
+    assert "ansible-core 2.17.14" in res.output  # the rehearsal it trusts, described
+    assert "warning ansible-core differs: this promotion runs 2.19.15, the rehearsal (r-1) ran 2.17.14" in res.output
 
 
 def test_check_mode_and_limit_reach_ansible_live_against_localhost(tmp_path: Path) -> None:

@@ -32,6 +32,8 @@ from harness.provision import (
     run_playbook,
 )
 
+pytestmark = pytest.mark.ansible  # real ansible-playbook: CI runs these on the oldest ansible-core too
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ansible"
 LOG = Path("/tmp/harness-run/artifacts/fixture/stdout")
 PLAYBOOKS = "/src/harness/tests/fixtures/ansible/playbooks"
@@ -236,6 +238,21 @@ def test_missing_role_is_named_without_its_search_path(tmp_path: Path) -> None:
     )
     first = abort_cause(result_from_events([], 1, "failed", log)).splitlines()[0]
     assert first == "ansible-playbook stopped: the role 'slurm' was not found at /x/site.yml:5 (status failed, rc 1)"
+
+
+def test_the_fatal_error_is_named_not_an_earlier_task_failures_error_of_ansible_core_2_19(tmp_path: Path) -> None:
+    log = tmp_path / "stdout"
+    log.write_text(
+        "[ERROR]: Task failed: Action failed: boom\nOrigin: /x/site.yml:3:7\n\n"
+        'fatal: [n01]: FAILED! => {"changed": false, "msg": "boom"}\n'
+        "[ERROR]: couldn't resolve module/action 'community.nope.thing'. This often indicates a misspelling.\n"
+        "Origin: /x/roles/broken/tasks/main.yml:1:3\n"
+    )
+    first = abort_cause(result_from_events([], 4, "failed", log)).splitlines()[0]
+    assert first == (
+        "ansible-playbook stopped: couldn't resolve module/action 'community.nope.thing' "
+        "at /x/roles/broken/tasks/main.yml:1:3 (status failed, rc 4)"
+    )
 
 
 def test_abort_log_tail_keeps_early_error_lines_first_and_masks_secrets(tmp_path: Path) -> None:

@@ -159,3 +159,19 @@ def test_a_file_that_is_no_record_is_bad_input(tmp_path: Path) -> None:
     bad.write_text("{}")
     with pytest.raises(SpecError, match="not a rehearsal record"):
         rehearsal.load_record(bad)
+
+
+def test_the_record_keeps_the_ansible_core_the_run_used_and_older_records_read_without_it(tmp_path: Path) -> None:
+    sc = make_scenario(tmp_path)
+    rep = report(GREEN)
+    rep.metadata["ansible_core"] = "2.19.15"
+    record = rehearsal.from_report(sc, rep, rehearsal.content_manifest(sc))
+
+    assert record.ansible_core == "2.19.15" and record.to_dict()["ansible_core"] == "2.19.15"
+    assert record.describe().endswith(", ansible-core 2.19.15")
+    assert rehearsal.Rehearsal.from_dict(json.loads(json.dumps(record.to_dict()))) == record
+    older = {k: v for k, v in record.to_dict().items() if k != "ansible_core"}
+    assert rehearsal.Rehearsal.from_dict(older).ansible_core == ""
+    assert "ansible-core" not in rehearsal.Rehearsal.from_dict(older).describe()
+    # The Ansible that ran is no content: the same files rehearsed on another release prove the same content.
+    assert rehearsal.Rehearsal.from_dict(older).content.digest == record.content.digest

@@ -14,11 +14,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from harness import inventory, phases
+from harness import inventory, lifecycle, phases
 from harness.cli import _print_phase, main
 from harness.provision import ProvisionOptions, converge_verdict, new_ident, run_playbook
 from harness.report import PhaseResult
+from harness.spec import load_scenario
 from harness.verify import read_junit
+
+pytestmark = pytest.mark.ansible  # real ansible-playbook: CI runs these on the oldest ansible-core too
 
 LOCAL = {"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}"}
 INVENTORY = {
@@ -232,6 +235,9 @@ def test_validate_checks_included_task_files_and_says_what_it_could_not_check(tm
     assert "not checked (a run builds these names):" in res.output
     assert "ansible.builtin.include_tasks '{{ ansible_os_family }}.yml' at " in res.output
     assert "every role and module resolves" not in res.output
+    said: list[str] = []
+    lifecycle.check_playbook(load_scenario(str(scenario), []), lambda _phase, line: said.append(line))
+    assert any(line.startswith("not checked (a run builds this name): ") for line in said), said
 
     (tmp_path / "roles" / "good" / "tasks" / "more.yml").write_text(BROKEN)
     res = CliRunner().invoke(main, ["validate", str(scenario)])
