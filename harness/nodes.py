@@ -63,12 +63,16 @@ def plan_run(
     with network.network_lock(), lv.connect() as conn:
         used = lv.libvirt_networks(conn) + network.host_networks()
         private, mgmt = network.choose_subnets(2, used, wanted=[scenario.network.subnet])
+        ips = private_ips(private, scenario.expanded_nodes())
         # Air-gapped: no NAT, so the nodes reach the host and nothing beyond; DHCP stays, since
         # vagrant-libvirt finds the VMs by their leases. apt goes through the host's package cache.
-        lv.create_network(conn, f"{run.prefix}-mgmt", mgmt, nat=False, dhcp=True)
-        lv.create_network(conn, f"{run.prefix}-priv", private, nat=False)
+        # DNS as at a site: each network's dnsmasq resolves every node's inventory name to its
+        # private address (the one roles use for cluster traffic), and nothing else. The nodes ask
+        # the management network's (their DHCP's nameserver); the private one answers the same.
+        lv.create_network(conn, f"{run.prefix}-mgmt", mgmt, nat=False, dhcp=True, names=ips)
+        lv.create_network(conn, f"{run.prefix}-priv", private, nat=False, names=ips)
     run.mgmt_subnet, run.private_subnet = str(mgmt), str(private)
-    run.private_ips = private_ips(private, scenario.expanded_nodes())
+    run.private_ips = ips
     run.accel = accel.reason
     view = build_view(
         scenario,
@@ -149,19 +153,38 @@ def point_apt_at_cache(run: RunState) -> None:
     """Send apt on every node through the host's package cache (cache.APT_PROXY_CONF): the nodes
     have no route beyond the host. Roles need not know: on real hosts the file is simply absent."""
     conf = cache.apt_proxy_conf(cache.proxy_url(run.mgmt_subnet))
+    _on_every_node(
+        run, lambda _node: f"sudo tee {cache.APT_PROXY_CONF} >/dev/null", conf, f"write {cache.APT_PROXY_CONF}"
+    )
 
-    def write(node: str) -> proc.CommandResult:
-        return proc.run(
-            ["ssh", "-F", str(run.ssh_config), node, f"sudo tee {cache.APT_PROXY_CONF} >/dev/null"],
-            input_text=conf,
-            timeout=120,
-        )
+
+def name_nodes(run: RunState) -> None:
+    """Give every node its inventory name as hostname (/etc/hostname and the running kernel's).
+    Not Vagrant's hostname step: that maps the name to 127.0.X.1 in /etc/hosts, where the node
+    would resolve itself to the loopback while the others resolve it to its private address. The
+    names come from the run networks' DNS (plan_run), on the node itself too; /etc/hosts keeps
+    the box's lines."""
+    _on_every_node(
+        run,
+        lambda node: f"echo {node} | sudo tee /etc/hostname >/dev/null && sudo hostname {node}",
+        None,
+        "set the hostname",
+    )
+
+
+def _on_every_node(run: RunState, command: Callable[[str], str], input_text: str | None, what: str) -> None:
+    """Run `command(node)` on every node at once over the run's ssh_config; ProviderError naming
+    each node where it failed."""
+
+    def one(node: str) -> proc.CommandResult:
+        argv = ["ssh", "-F", str(run.ssh_config), node, command(node)]
+        return proc.run(argv, input_text=input_text, timeout=120)
 
     with ThreadPoolExecutor(max_workers=max(1, len(run.nodes))) as pool:
-        results = dict(zip(run.nodes, pool.map(write, run.nodes), strict=True))
+        results = dict(zip(run.nodes, pool.map(one, run.nodes), strict=True))
     failed = [f"{node}: {res.describe()}" for node, res in results.items() if not res.ok]
     if failed:
-        raise ProviderError(f"cannot write {cache.APT_PROXY_CONF} on every node: " + "; ".join(failed))
+        raise ProviderError(f"cannot {what} on every node: " + "; ".join(failed))
 
 
 def boot_timeout_message(run: RunState, silent: list[str], boot_timeout: int) -> str:
@@ -250,6 +273,8 @@ def up(scenario: Scenario, on_progress: ProgressFn = _noop, *, keep: bool = True
             on_progress("up", describe_tb_caches(run, accel.tb_cache_mib))
         on_progress("up", "installing the cluster SSH key")
         install_cluster_key(run)
+        name_nodes(run)
+        on_progress("up", "hostnames set; every node's name resolves to its private address from the run's DNS")
         if scenario.offline is None:
             point_apt_at_cache(run)
             on_progress("up", f"apt on the nodes goes through the package cache at {cache.proxy_url(run.mgmt_subnet)}")

@@ -10,6 +10,7 @@ touches nothing of the kept pair. (One boot for all three: each used to boot a p
 from __future__ import annotations
 
 import ipaddress
+import json
 import shlex
 import socket
 import time
@@ -88,6 +89,47 @@ def _python(code: str) -> str:
 def _on(run: RunState, node: str, command: str, timeout: float = 300) -> tuple[int, str]:
     res = nodes.run_on(run, node, command, timeout=timeout)
     return res.rc, (res.stdout + res.stderr).strip()
+
+
+# On a node: each name through NSS (what `getent hosts` and every program see), its reverse, and a
+# raw DNS query to each run network's dnsmasq (the address of the answer, or None when refused).
+_RESOLVE = r"""
+import json, socket, struct, sys
+names, servers = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+def ask(server, name):
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split("."))
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.sendto(struct.pack(">HHHHHH", 7, 0x0100, 1, 0, 0, 0) + labels + b"\0\0\1\0\1", (server, 53))
+    r = s.recv(512)
+    return socket.inet_ntoa(r[-4:]) if r[3] & 15 == 0 and struct.unpack(">H", r[6:8])[0] == 1 else None
+def nss(name):
+    try:
+        ip = socket.gethostbyname(name)
+        return [ip, socket.gethostbyaddr(ip)[0]]
+    except OSError:
+        return None
+print(json.dumps({n: {"nss": nss(n), **{k: ask(v, n) for k, v in servers.items()}} for n in names}))
+"""
+
+
+def test_every_node_name_resolves_from_the_runs_dns(cluster: RunState) -> None:
+    """No role has run: every node resolves every inventory name (its own too) to that node's
+    private address, and the address back to the name, as at a site with DNS; both run networks'
+    dnsmasq answer the same, and refuse an outside name (they forward nothing)."""
+    servers = {
+        net: str(lv.gateway_address(ipaddress.IPv4Network(subnet)))
+        for net, subnet in (("mgmt", cluster.mgmt_subnet), ("private", cluster.private_subnet))
+    }
+    want: dict[str, dict[str, list[str] | str | None]] = {
+        n: {"nss": [ip, n], "mgmt": ip, "private": ip} for n, ip in cluster.private_ips.items()
+    }
+    want["deb.debian.org"] = {"nss": None, "mgmt": None, "private": None}
+    for node in cluster.nodes:
+        argv = [json.dumps(sorted(want)), json.dumps(servers)]
+        rc, out = _on(cluster, node, f"python3 -c {shlex.quote(_RESOLVE)} {shlex.join(argv)}", timeout=120)
+        assert rc == 0, f"{node}: {out}"
+        assert json.loads(out) == want, f"{node} resolves: {out}"
 
 
 def test_the_nodes_have_no_default_route(cluster: RunState) -> None:
