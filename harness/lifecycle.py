@@ -285,8 +285,6 @@ def check_playbook(scenario: Scenario, on_progress: ProgressFn = _noop) -> None:
         on_progress("validate", cshadow.describe())
     for what in check.unchecked:
         on_progress("validate", f"not checked (a run builds this name): {what}")
-    for what in check.unchecked:
-        on_progress("validate", f"not checked (a run builds this name): {what}")
     if not check.ok:
         raise SpecError(str(scenario.source), check.problems)
 
