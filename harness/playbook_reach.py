@@ -176,8 +176,9 @@ class _Walker:
                 f"{kind} {name!r}" + (f" tasks_from {tasks_from!r}" if tasks_from else "") + f" at {where}"
             )
             return
-        collection_role = "." in name and "/" not in name
-        found = None if collection_role else self.find_role(name)
+        found = self.find_role(name)
+        # `ns.collection.role`; a Galaxy role (`user.role`) is a directory like any other.
+        collection_role = found is None and name.count(".") >= 2 and "/" not in name
         if found is None and not collection_role:
             if dynamic:  # a static one is the syntax check's to name
                 dirs = ", ".join(str(d) for d in self.role_dirs)

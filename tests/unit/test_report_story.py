@@ -14,7 +14,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from harness import inventory, lifecycle, phases
+from harness import inventory, lifecycle, phases, playbook_reach
 from harness.cli import _print_phase, main
 from harness.provision import ProvisionOptions, converge_verdict, new_ident, run_playbook
 from harness.report import PhaseResult
@@ -258,3 +258,19 @@ def test_the_shadowing_notice_names_only_roles_the_playbook_uses(tmp_path: Path)
     assert res.exit_code == 0, res.output
     assert "role 'lmod': using" in res.output
     assert "role 'slurm'" not in res.output
+
+
+def test_roles_a_playbook_reaches_by_name_galaxy_style_included(tmp_path: Path) -> None:
+    for name in ("geerlingguy.docker", "dep"):
+        (tmp_path / "roles" / name / "tasks").mkdir(parents=True)
+        (tmp_path / "roles" / name / "tasks" / "main.yml").write_text("[]\n")
+    (tmp_path / "roles" / "dep" / "meta").mkdir()
+    (tmp_path / "roles" / "dep" / "meta" / "main.yml").write_text("dependencies: []\n")
+    (tmp_path / "roles" / "geerlingguy.docker" / "meta").mkdir()
+    (tmp_path / "roles" / "geerlingguy.docker" / "meta" / "main.yml").write_text("dependencies: [dep]\n")
+    tasks = [_include("include_role", "geerlingguy.docker"), _include("include_role", "site.cluster.banner")]
+    (tmp_path / "site.yml").write_text(yaml.safe_dump([_play("Site", "all", *tasks)], sort_keys=False))
+    reached = playbook_reach.reach(tmp_path / "site.yml", [])
+    assert sorted(reached.roles) == ["dep", "geerlingguy.docker"]
+    assert [i.role for i in reached.includes] == [str(tmp_path / "roles" / "geerlingguy.docker"), "site.cluster.banner"]
+    assert reached.missing == [] and reached.unchecked == []
