@@ -19,11 +19,11 @@ from harness.cli import main
 from harness.errors import SpecError
 from harness.spec import load_scenario
 
+pytestmark = pytest.mark.ansible  # real ansible-playbook: CI runs these on the oldest ansible-core too
+
 GALAXY = str(Path(sys.executable).parent / "ansible-galaxy")
 FORK_MODULE = """#!/usr/bin/python
 from ansible.module_utils.basic import AnsibleModule
-
-pytestmark = pytest.mark.ansible  # real ansible-playbook: CI runs these on the oldest ansible-core too
 AnsibleModule(argument_spec={}).exit_json(changed=False, fork=True)
 """
 
