@@ -4,12 +4,10 @@ Each returns data; the lifecycle decides what a failure means."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import get_args
 
 from harness import (
     ansible_events,
@@ -17,17 +15,17 @@ from harness import (
     inventory,
     molecule,
     offline,
-    playbook,
     provision,
     reach,
     rehearsal,
     scope,
     verify,
 )
-from harness.errors import SpecError, UsageError
+from harness import converge as converge_mod  # `converge` here is the retrying converge below
+from harness.errors import UsageError
 from harness.report import Failure, PhaseResult, Status
 from harness.rundir import RunState
-from harness.spec import ProvisionSpec, Scenario
+from harness.spec import Scenario
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, str], None]
@@ -67,45 +65,24 @@ def write_inventory(run: RunState, scenario: Scenario, gpus: dict[str, list[str]
     return inventory.write_inventory(inv, inventory_path(run))
 
 
-def _options(
-    run: RunState, scenario: Scenario, phase: str, plan: scope.Plan | None = None, other: Path | None = None
-) -> provision.ProvisionOptions:
-    """A converge's options; with `other`, a run of that playbook (prepare, verify) instead."""
-    if scenario.provision is None:
-        raise SpecError(
-            str(scenario.source), ["provision: this scenario has nothing to provision (add provision.playbook)"]
-        )
-    ident = provision.new_ident(phase)
-    book = scenario.resolve(other or scenario.provision.playbook)
-    skip_tags = None
-    if plan is not None and not plan.full:  # the inner loop runs part of the playbook (harness.scope)
-        book, skip_tags = scope.scoped_playbook(scenario, plan, run.path / "scope" / ident), scope.SKIP_TAG
-    return provision.ProvisionOptions(
-        private_data_dir=run.path / "ansible",
-        playbook=book,
-        inventory=inventory_path(run),
-        roles_path=playbook.roles_path(scenario),
-        collections_path=playbook.collections_path(scenario),
-        # An offline scenario's bundle, served for this run: where roles/common finds it.
-        extra_vars={**offline.serve(run, scenario), **playbook.extra_vars(scenario)},
-        ident=ident,
+def target(run: RunState, scenario: Scenario) -> converge_mod.Target:
+    """The run's VMs as a converge target: its inventory and ssh_config, an offline scenario's
+    bundle served for this run (where roles/common finds it), Molecule's environment."""
+    inv = inventory_path(run)
+    return converge_mod.Target(
+        inventory=inv,
+        work_dir=run.path,
         ssh_config=run.ssh_config,
-        strategy=_strategy(scenario),
-        skip_tags=skip_tags,
-        env=molecule.environment(scenario, run, inventory_path(run)),
+        extra_vars=offline.serve(run, scenario),
+        env=molecule.environment(scenario, run, inv),
     )
 
 
-def _strategy(scenario: Scenario) -> str:
-    """provision.strategy, unless HARNESS_ANSIBLE_STRATEGY overrides it (to compare strategies)."""
-    assert scenario.provision is not None
-    forced = os.environ.get("HARNESS_ANSIBLE_STRATEGY")
-    if not forced:
-        return scenario.provision.strategy
-    allowed = get_args(ProvisionSpec.model_fields["strategy"].annotation)
-    if forced not in allowed:
-        raise SpecError("HARNESS_ANSIBLE_STRATEGY", [f"{forced!r} is not one of: {', '.join(allowed)}"])
-    return forced
+def _options(
+    run: RunState, scenario: Scenario, phase: str, plan: scope.Plan | None = None, other: Path | None = None
+) -> provision.ProvisionOptions:
+    """A converge's options (harness.converge); with `other`, a run of that playbook (prepare, verify) instead."""
+    return converge_mod.options(scenario, target(run, scenario), phase, book=other, plan=plan)
 
 
 def progress_line(p: ansible_events.Progress) -> str:
@@ -248,7 +225,7 @@ def _retried(detail: str, retries: list[str]) -> str:
 def analyse_units(run: RunState, scenario: Scenario) -> scope.Units:
     """The scenario's playbook as units (harness.scope), with what they share on this run."""
     return scope.analyse(
-        scenario, inventory=inventory_path(run), strategy=_strategy(scenario), key=scope.run_key(run.path)
+        scenario, inventory=inventory_path(run), strategy=converge_mod.strategy(scenario), key=scope.run_key(run.path)
     )
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import __version__, ansible_events, inventory, phases, playbook, provision, rehearsal, verify
+from harness import __version__, ansible_events, converge, inventory, phases, playbook, provision, rehearsal, verify
 from harness.errors import HarnessError, PromotionRefused, ProvisionError, UnreachableError
 from harness.rehearsal import Manifest, Rehearsal
 from harness.report import Failure, PhaseResult, RunReport, Status
@@ -85,22 +85,10 @@ def target_hosts(inventory_path: Path, limit: str | None = None) -> list[str]:
 def converge_options(
     scenario: Scenario, inventory_path: Path, work_dir: Path, *, check: bool = False, limit: str | None = None
 ) -> provision.ProvisionOptions:
-    """The rehearsed converge (playbook, roles path, collections, extra vars, strategy) against the
-    user's inventory: no harness ssh_config; `check` for `--check --diff`."""
-    assert scenario.provision is not None
-    return provision.ProvisionOptions(
-        private_data_dir=work_dir / "ansible",
-        playbook=scenario.resolve(scenario.provision.playbook),
-        inventory=inventory_path,
-        roles_path=playbook.roles_path(scenario),
-        collections_path=playbook.collections_path(scenario),
-        extra_vars=playbook.extra_vars(scenario),
-        ident=provision.new_ident("check" if check else "promote"),
-        ssh_config=None,
-        strategy=scenario.provision.strategy,
-        check=check,
-        limit=limit,
-    )
+    """The rehearsed converge (harness.converge: the same options a rehearsal builds) against the
+    user's inventory, with its own connection settings; `check` for `--check --diff`."""
+    site = converge.Target(inventory=inventory_path, work_dir=work_dir)
+    return converge.options(scenario, site, "check" if check else "promote", check=check, limit=limit)
 
 
 @dataclass(frozen=True)
