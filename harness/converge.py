@@ -34,6 +34,7 @@ class Target:
     inventory: Path
     work_dir: Path  # ansible-runner's private data dir is work_dir/ansible
     ssh_config: Path | None = None
+    hosts: tuple[str, ...] = ()  # the hosts the scenario's tests run against
     extra_vars: Mapping[str, Any] = field(default_factory=dict)  # under the scenario's own
     env: Mapping[str, str] = field(default_factory=dict)
 

@@ -65,15 +65,16 @@ def write_inventory(run: RunState, scenario: Scenario, gpus: dict[str, list[str]
     return inventory.write_inventory(inv, inventory_path(run))
 
 
-def target(run: RunState, scenario: Scenario) -> converge_mod.Target:
-    """The run's VMs as a converge target: its inventory and ssh_config, an offline scenario's
-    bundle served for this run (where roles/common finds it), Molecule's environment."""
+def target(run: RunState, scenario: Scenario, *, converging: bool = False) -> converge_mod.Target:
+    """The run's VMs as a target: its inventory, ssh_config and nodes, Molecule's environment; when
+    `converging`, an offline scenario's bundle served for this run (where roles/common finds it)."""
     inv = inventory_path(run)
     return converge_mod.Target(
         inventory=inv,
         work_dir=run.path,
         ssh_config=run.ssh_config,
-        extra_vars=offline.serve(run, scenario),
+        hosts=tuple(run.nodes),
+        extra_vars=offline.serve(run, scenario) if converging else {},
         env=molecule.environment(scenario, run, inv),
     )
 
@@ -82,7 +83,7 @@ def _options(
     run: RunState, scenario: Scenario, phase: str, plan: scope.Plan | None = None, other: Path | None = None
 ) -> provision.ProvisionOptions:
     """A converge's options (harness.converge); with `other`, a run of that playbook (prepare, verify) instead."""
-    return converge_mod.options(scenario, target(run, scenario), phase, book=other, plan=plan)
+    return converge_mod.options(scenario, target(run, scenario, converging=True), phase, book=other, plan=plan)
 
 
 def progress_line(p: ansible_events.Progress) -> str:
@@ -274,17 +275,17 @@ def prepare_phase(run: RunState, scenario: Scenario, on_progress: ProgressFn) ->
     """The prepare playbooks on a new cluster, before the first converge: None when they passed."""
     started = time.monotonic()
     books = scenario.provision.prepare if scenario.provision is not None else []
-    failed = run_playbooks(run, scenario, "provision", books, on_progress)
+    failed = run_playbooks(target(run, scenario, converging=True), scenario, "provision", books, on_progress)
     return PhaseResult("provision", "failed", time.monotonic() - started, failed, "prepare failed") if failed else None
 
 
 def run_playbooks(
-    run: RunState, scenario: Scenario, phase: str, books: list[Path], on_progress: ProgressFn
+    on: converge_mod.Target, scenario: Scenario, phase: str, books: list[Path], on_progress: ProgressFn
 ) -> list[Failure]:
     """Playbooks besides the converge (prepare, Molecule's verify.yml), judged from their events."""
     for book in books:
         on_progress(phase, f"running {scenario.resolve(book).name}")
-        opts = _options(run, scenario, phase, other=book)
+        opts = converge_mod.options(scenario, on, phase, book=book)
         failures = provision.converge_verdict(
             provision.run_playbook(opts, ThrottledProgress(phase, on_progress)), phase
         )
@@ -349,16 +350,28 @@ def verify_phase(
     on_progress: ProgressFn | None = None,
     quick: bool = False,
 ) -> tuple[PhaseResult, verify.VerifyResult | None]:
-    """The scenario's tests: the quick verdict (tests not marked disturbing) first, said as soon as
-    it is in, then the disturbing ones; with `quick` only the first, recorded as a partial verdict.
-    When every failure is a node that did not answer SSH, wait for the nodes (bounded), close shared
-    connections and run the tests once more; still unreachable is reported as such (an
-    infrastructure failure), never as failed tests."""
+    """The scenario's tests on the run's nodes (verify_on)."""
+    return verify_on(target(run, scenario), scenario, select, on_progress, quick)
+
+
+def verify_on(
+    on: converge_mod.Target,
+    scenario: Scenario,
+    select: str | None = None,
+    on_progress: ProgressFn | None = None,
+    quick: bool = False,
+) -> tuple[PhaseResult, verify.VerifyResult | None]:
+    """The scenario's tests on the target's hosts (a run's VMs or a site's hosts): the quick
+    verdict (tests not marked disturbing) first, said as soon as it is in, then the disturbing ones;
+    with `quick` only the first, recorded as a partial verdict. On a run's VMs, when every failure
+    is a node that did not answer SSH, wait for the nodes (bounded), close shared connections and
+    run the tests once more; still unreachable is reported as such (an infrastructure failure),
+    never as failed tests."""
     say = on_progress or (lambda _p, _m: None)
     book = scenario.provision.verify_playbook if scenario.provision is not None else None
     if book is not None:  # Molecule's ansible verifier: its playbook, before any tests
         started = time.monotonic()
-        failed = run_playbooks(run, scenario, "verify", [book], say)
+        failed = run_playbooks(on, scenario, "verify", [book], say)
         if failed or scenario.tests is None:
             detail = f"{book.name}: " + ("failed" if failed else "passed")
             return PhaseResult(
@@ -374,11 +387,11 @@ def verify_phase(
     def run_once() -> verify.VerifyResult:
         return verify.run_tests(
             scenario.resolve(scenario.tests),  # type: ignore[arg-type]
-            nodes=run.nodes,
-            inventory=inventory_path(run),
-            ssh_config=run.ssh_config,
-            out_dir=run.path,
-            env=molecule.environment(scenario, run, inventory_path(run)),
+            nodes=list(on.hosts),
+            inventory=on.inventory,
+            ssh_config=on.ssh_config,
+            out_dir=on.work_dir,
+            env=on.env,
             select=select,
             quick=quick,
             on_quick=said,
@@ -387,15 +400,16 @@ def verify_phase(
     result = run_once()
     seconds = result.seconds
     retries: list[str] = []
-    if verify.only_unreachable(result.failures):
+    if on.ssh_config is not None and verify.only_unreachable(result.failures):
+        ssh_config = on.ssh_config
         lost = verify.unreachable_nodes(result.failures)
         why = f"{result.failed} test(s) failed because {', '.join(lost)} did not answer SSH"
         say("verify", f"{why}; waiting for SSH")
-        waited = reach.wait_for_ssh(run.ssh_config, lost, reach.ssh_wait_seconds(), on_wait=lambda m: say("verify", m))
+        waited = reach.wait_for_ssh(ssh_config, lost, reach.ssh_wait_seconds(), on_wait=lambda m: say("verify", m))
         if waited.silent:
             retries.append(f"{why}; {', '.join(waited.silent)} still silent after {waited.seconds:.0f}s: gave up")
         else:
-            reach.reset_connections(run.ssh_config, lost)
+            reach.reset_connections(ssh_config, lost)
             retries.append(f"{why}; all answered after {waited.seconds:.0f}s; ran the tests again")
             say("verify", retries[-1])
             result = run_once()

@@ -24,10 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import __version__, ansible_events, converge, inventory, phases, playbook, provision, rehearsal, verify
+from harness import __version__, ansible_events, converge, inventory, phases, playbook, provision, rehearsal
 from harness.errors import HarnessError, PromotionRefused, ProvisionError, UnreachableError
 from harness.rehearsal import Manifest, Rehearsal
-from harness.report import Failure, PhaseResult, RunReport, Status
+from harness.report import Failure, PhaseResult, RunReport
 from harness.spec import Scenario
 
 log = logging.getLogger(__name__)
@@ -196,18 +196,15 @@ def failing_hosts(failures: list[Failure]) -> list[str]:
 
 
 def _verify_phase(scenario: Scenario, inventory_path: Path, hosts: list[str], report_dir: Path) -> PhaseResult:
-    assert scenario.tests is not None
-    result = verify.run_tests(
-        scenario.resolve(scenario.tests), nodes=hosts, inventory=inventory_path, ssh_config=None, out_dir=report_dir
-    )
-    failures = [] if result.ok else result.failures
-    detail = result.counts
-    if failures:
-        named = failing_hosts(failures)
-        cluster_level = any(not _TEST_HOST.search(f.name) for f in failures)
-        detail += _diverged(named + (["(cluster-level tests)"] if cluster_level else []))
-    status: Status = "passed" if result.ok else "failed"
-    return PhaseResult("verify", status, result.seconds, failures, detail, junit=result.junit)
+    """The scenario's tests on the site's hosts (phases.verify_on, as a rehearsal runs them), naming
+    the hosts that diverged from what was rehearsed."""
+    site = converge.Target(inventory=inventory_path, work_dir=report_dir, hosts=tuple(hosts))
+    phase, _ = phases.verify_on(site, scenario)
+    if phase.failures:
+        named = failing_hosts(phase.failures)
+        cluster_level = any(not _TEST_HOST.search(f.name) for f in phase.failures)
+        phase.detail += _diverged(named + (["(cluster-level tests)"] if cluster_level else []))
+    return phase
 
 
 def ansible_core_warning(proven_by: Rehearsal, site: str) -> str | None:
