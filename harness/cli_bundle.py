@@ -9,14 +9,19 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from harness import apt_bundle, bundle, k8s_bundle
+from harness import apt_bundle, bundle, k8s_bundle, k8s_server
+from harness.errors import UsageError
 from harness.paths import scenario_search_dirs
 from harness.spec import load_scenario
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 # Which kind a directory is: the first whose marker files it has.
-KINDS = {"k3s": (k8s_bundle.MANIFEST, k8s_bundle.BINARY), apt_bundle.KIND: apt_bundle.MARKERS}
+KINDS = {
+    k8s_server.KIND: (f"{k8s_server.BIN_DIR}/kube-apiserver", f"{k8s_server.BIN_DIR}/kubelet"),
+    "k3s": (k8s_bundle.MANIFEST, k8s_bundle.BINARY),
+    apt_bundle.KIND: apt_bundle.MARKERS,
+}
 
 
 @click.group("bundle")
@@ -32,12 +37,16 @@ def check(directory: Path) -> None:
     (key.gpg → InRelease → Packages → each .deb) and manifest.json against Packages. Exit 2
     naming every problem.
 
-    Layouts: README "Kubernetes (k3s from an air-gap bundle)" and "Offline runs: the apt bundle"."""
+    Layouts: README "Kubernetes (k3s from an air-gap bundle)", "Kubernetes from Debian's source: the
+    server bundle" and "Offline runs: the apt bundle"."""
     root = directory.expanduser().resolve()
     kind = bundle.detect_kind(root, KINDS)
-    summary = (
-        apt_bundle.check_bundle(root).summary() if kind == apt_bundle.KIND else k8s_bundle.check_bundle(root).summary()
-    )
+    if kind == apt_bundle.KIND:
+        summary = apt_bundle.check_bundle(root).summary()
+    elif kind == k8s_server.KIND:
+        summary = k8s_server.check_bundle(root).summary()
+    else:
+        summary = k8s_bundle.check_bundle(root).summary()
     out.print(f"{root}: ok — {summary}", highlight=False)
 
 
@@ -70,3 +79,34 @@ def build(scenario: str, output: Path, report_dir: Path | None) -> None:
         f"built in {result.seconds:.1f}s from {result.record_path}",
         highlight=False,
     )
+
+
+@bundle_group.command("kubernetes")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also copy the bundle to this directory (new or empty); it is kept in the harness cache either way.",
+)
+@click.option("--keep-work", is_flag=True, help="Keep the build directory (source tree, Go cache) for debugging.")
+def kubernetes(output: Path | None, keep_work: bool) -> None:
+    """The Kubernetes server bundle, built offline from Debian 12's source package `kubernetes`
+    (upstream v1.20.2 with vendor/) with Debian's Go: kube-apiserver, kube-controller-manager,
+    kube-scheduler, kubelet, kube-proxy, kubeadm, the pause and busybox images, bundle.yml and
+    SHA256SUMS, laid out like upstream's server release. Cached by source version and recipe
+    digest; a cold build takes long (README "Kubernetes from Debian's source: the server bundle")."""
+    import shutil
+
+    from harness import k8s_server_build
+
+    result = k8s_server_build.build(progress=lambda line: err.print(f"[dim]bundle:[/] {line}", highlight=False))
+    where = result.bundle.root
+    if output is not None:
+        dest = output.expanduser().resolve()
+        if dest.exists() and any(dest.iterdir()):
+            raise UsageError(f"{dest} is not empty: name a new or empty directory for --output")
+        shutil.copytree(where, dest, dirs_exist_ok=True)
+        where = dest
+    how = "from the cache" if result.cached else f"built in {result.seconds:.0f}s (log: {result.log})"
+    out.print(f"{where}: {result.bundle.summary()}; {how}", highlight=False)
