@@ -110,7 +110,7 @@ def _up(ctx: RunContext) -> report.PhaseResult:
         ctx.on_progress("up", "no kept cluster of this scenario and topology to reuse: bringing one up")
 
     def bring_up() -> None:
-        ctx.run = nodes.up(ctx.scenario, ctx.on_progress, keep=ctx.keep)
+        ctx.run = nodes.up(ctx.scenario, ctx.on_progress, keep=ctx.keep, bundle_checked=True)
         # The box's own packages, before any role: what a package record is measured against.
         node_packages.baseline_after_up(ctx.run, _say(ctx, "up"))
 

@@ -228,12 +228,17 @@ def libvirtd_restart(
         sleep(1.0)
 
 
-def up(scenario: Scenario, on_progress: ProgressFn = _noop, *, keep: bool = True) -> RunState:
+def up(
+    scenario: Scenario, on_progress: ProgressFn = _noop, *, keep: bool = True, bundle_checked: bool = False
+) -> RunState:
     """Bring a scenario's cluster up. On any failure or interrupt, remove everything it made.
 
     `keep`: the cluster outlives this process (`harness up`, `run --keep`); otherwise it is this
-    process's, and `gc` removes it once the process is gone (a harness killed with SIGKILL)."""
-    k8s_bundle.preflight(scenario)
+    process's, and `gc` removes it once the process is gone (a harness killed with SIGKILL).
+    `bundle_checked`: the caller already checked a Kubernetes scenario's bundle
+    (lifecycle.check_playbook, before `run`), so it is not read and hashed twice."""
+    if not bundle_checked:
+        k8s_bundle.preflight(scenario)
     box_version = preflight.check_box(scenario)
     preflight.check_resources(scenario)
     preflight.check_disk(scenario, *preflight.pool_free_gib())

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from harness import host, nodes, offline, passthrough, proc, rundir, sweep
+from harness import host, k8s_bundle, nodes, offline, passthrough, preflight, proc, rundir, sweep
 from harness.errors import ProviderError, UsageError
 from harness.provider import libvirt as lv
 from harness.spec import parse_scenario
@@ -247,3 +247,25 @@ def test_a_destroy_that_finds_another_live_destroyer_refuses_and_gc_leaves_the_r
     finally:
         destroyer.kill()
         destroyer.wait()
+
+
+def test_a_run_checks_a_kubernetes_bundle_once_harness_up_checks_it_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`harness run` checks the bundle before anything (lifecycle.check_playbook) and tells up so;
+    `harness up` alone checks it in up."""
+    checked: list[str] = []
+
+    class Stop(Exception):
+        pass
+
+    def stop(_sc: Any) -> None:
+        raise Stop
+
+    monkeypatch.setattr(k8s_bundle, "preflight", lambda sc: checked.append(sc))
+    monkeypatch.setattr(preflight, "check_box", stop)
+    sc: Any = object()
+    with pytest.raises(Stop):
+        nodes.up(sc, bundle_checked=True)
+    assert checked == []
+    with pytest.raises(Stop):
+        nodes.up(sc)
+    assert checked == [sc]
