@@ -27,10 +27,10 @@ from harness import (
     network,
     offline,
     passthrough,
-    phases,
     preflight,
     proc,
     reach,
+    run_inventory,
     rundir,
     ssh,
     sweep,
@@ -285,7 +285,7 @@ def up(
             on_progress("up", f"apt on the nodes goes through the package cache at {cache.proxy_url(run.mgmt_subnet)}")
         else:  # no proxy: the converge points apt at the scenario's bundle only (harness.offline)
             on_progress("up", f"offline: apt on the nodes gets the bundle {offline.bundle_dir(scenario)} only")
-        phases.write_inventory(run, scenario, hostdevs)
+        run_inventory.write(run, scenario, hostdevs)
         if not hostdevs:  # passed-through GPUs cannot save memory state: no checkpoint for them
             started = time.monotonic()
             checkpoints.save(run, checkpoints.BOOTED)

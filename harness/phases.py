@@ -12,16 +12,16 @@ from pathlib import Path
 from harness import (
     ansible_events,
     checkpoints,
-    inventory,
     molecule,
     offline,
     provision,
     reach,
     rehearsal,
+    run_inventory,  # `converge` here is the retrying converge below
     scope,
     verify,
 )
-from harness import converge as converge_mod  # `converge` here is the retrying converge below
+from harness import converge as converge_mod
 from harness.errors import UsageError
 from harness.report import Failure, PhaseResult, Status
 from harness.rundir import RunState
@@ -36,39 +36,10 @@ RETRY_PAUSE_S = 10.0
 PROGRESS_INTERVAL = 2.0
 
 
-def inventory_path(run: RunState) -> Path:
-    return run.path / "inventory.yml"
-
-
-def write_inventory(run: RunState, scenario: Scenario, gpus: dict[str, list[str]] | None = None) -> Path:
-    """The one inventory of the run, read by Ansible and testinfra alike."""
-    conns = inventory.parse_ssh_config(run.ssh_config.read_text())
-    inv = inventory.build_inventory(
-        scenario.expanded_nodes(),
-        conns,
-        run.private_ips,
-        gpus or {},
-        scenario.groups or None,
-        {
-            "harness_cluster_name": scenario.name,
-            "harness_run_id": run.run_id,
-            "harness_private_subnet": run.private_subnet,
-        },
-    )
-    children = inv["all"]["children"]
-    for group, values in scenario.group_vars.items():  # Molecule's provisioner.inventory, for one
-        target = inv["all"] if group == "all" else children.setdefault(group, {"hosts": {}})
-        target["vars"] = {**target.get("vars", {}), **values}
-    for host, values in scenario.host_vars.items():
-        inv["all"]["hosts"][host].update(values)
-    molecule.instance_config(run, inv)
-    return inventory.write_inventory(inv, inventory_path(run))
-
-
 def target(run: RunState, scenario: Scenario, *, converging: bool = False) -> converge_mod.Target:
     """The run's VMs as a target: its inventory, ssh_config and nodes, Molecule's environment; when
     `converging`, an offline scenario's bundle served for this run (where roles/common finds it)."""
-    inv = inventory_path(run)
+    inv = run_inventory.path(run)
     return converge_mod.Target(
         inventory=inv,
         work_dir=run.path,
@@ -226,7 +197,10 @@ def _retried(detail: str, retries: list[str]) -> str:
 def analyse_units(run: RunState, scenario: Scenario) -> scope.Units:
     """The scenario's playbook as units (harness.scope), with what they share on this run."""
     return scope.analyse(
-        scenario, inventory=inventory_path(run), strategy=converge_mod.strategy(scenario), key=scope.run_key(run.path)
+        scenario,
+        inventory=run_inventory.path(run),
+        strategy=converge_mod.strategy(scenario),
+        key=scope.run_key(run.path),
     )
 
 

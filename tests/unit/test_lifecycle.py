@@ -119,7 +119,8 @@ def test_up_is_told_whether_the_cluster_outlives_the_run(
     SIGKILL); `run --keep` keeps it."""
     asked: list[bool] = []
 
-    def up(scenario: Any, on_progress: Any, *, keep: bool) -> RunState:
+    def up(scenario: Any, on_progress: Any, *, keep: bool, bundle_checked: bool) -> RunState:
+        assert bundle_checked, "run_scenario checked the bundle before up"
         asked.append(keep)
         return RunState("t-000001", "t", "s.yml", "/nonexistent", 1, "up", keep=keep)
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from harness import molecule, phases, proc, verify
+from harness import molecule, proc, run_inventory, verify
 from harness.cli import main
 from harness.errors import SpecError
 from harness.rundir import RunState
@@ -146,7 +146,7 @@ def _run(tmp_path: Path, nodes: list[str]) -> RunState:
 def test_the_run_inventory_carries_molecule_inventory_vars(tmp_path: Path) -> None:
     sc = load_scenario(str(MULTI), [])
     run = _run(tmp_path, ["ctl", "worker-1"])
-    inv = yaml.safe_load(phases.write_inventory(run, sc).read_text())
+    inv = yaml.safe_load(run_inventory.write(run, sc).read_text())
     assert inv["all"]["vars"]["multi_everyone"] is True
     assert inv["all"]["vars"]["harness_run_id"] == "t-000001"
     assert inv["all"]["children"]["workers"]["vars"] == {"multi_role": "worker"}
@@ -171,7 +171,7 @@ def test_an_unchanged_molecule_era_testinfra_file_collects(tmp_path: Path) -> No
     """It reads MOLECULE_INVENTORY_FILE at import and asks ansible-inventory for its hosts."""
     sc = load_scenario(str(TINY), [])
     run = _run(tmp_path, ["instance"])
-    inventory = phases.write_inventory(run, sc)
+    inventory = run_inventory.write(run, sc)
     argv = verify.pytest_argv(TINY / "tests", ["instance"], run.ssh_config, None, None, inventory, collect_only=True)
     env = {**molecule.environment(sc, run, inventory), "PYTHONDONTWRITEBYTECODE": "1"}
     result = proc.run(argv, env=env, cwd=TINY / "tests")

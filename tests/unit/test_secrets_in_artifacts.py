@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import checkpoints, inventory, lifecycle, nodes, phases, proc
+from harness import checkpoints, inventory, lifecycle, nodes, phases, proc, run_inventory
 from harness.errors import UsageError
 from harness.report import RunReport, write_reports
 from harness.rundir import RunState
@@ -149,8 +149,8 @@ def _install_cluster_key(run: RunState, monkeypatch: pytest.MonkeyPatch) -> None
 
 def _local_inventory(run: RunState, scenario: Scenario, secrets_dir: Path) -> None:
     """The run's inventory as `up` writes it, with every node reached by a local connection."""
-    phases.write_inventory(run, scenario)
-    path = phases.inventory_path(run)
+    run_inventory.write(run, scenario)
+    path = run_inventory.path(run)
     inv = inventory.load_inventory(path)
     for host in inv["all"]["hosts"].values():
         host.update(ansible_connection="local", ansible_python_interpreter="{{ ansible_playbook_python }}")
