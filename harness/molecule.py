@@ -152,7 +152,7 @@ def _inventory(prov: dict[str, Any], sdir: Path, problems: list[str], notes: lis
     return out
 
 
-def _role_links(project: Path, converge: Path) -> Path | None:
+def _role_links(project: Path) -> Path | None:
     """A directory of links to the role under test named as Molecule would find it (meta's
     namespace.role_name and role_name), when those names differ from its directory's; else None."""
     try:
@@ -270,7 +270,7 @@ def translate(path: Path) -> Translation:
     tests = _tests(data, sdir, notes)
     if problems:
         raise SpecError(str(path), problems)
-    links = _role_links(project, Path(provision["playbook"]))
+    links = _role_links(project)
     provision["roles_path"] = [str(p) for p in (links, project.parent) if p is not None]
     notes.append(
         f"role {project.name!r} found in {project.parent}" + (f" (also as linked in {links})" if links else "")
