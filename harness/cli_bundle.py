@@ -37,8 +37,8 @@ def check(directory: Path) -> None:
     (key.gpg → InRelease → Packages → each .deb) and manifest.json against Packages. Exit 2
     naming every problem.
 
-    Layouts: README "Kubernetes (k3s from an air-gap bundle)", "Kubernetes from Debian's source: the
-    server bundle" and "Offline runs: the apt bundle"."""
+    Layouts: README "Kubernetes (k3s from an air-gap bundle)", "Kubernetes from Debian's source (the
+    server bundle)" and "Offline runs: the apt bundle"."""
     root = directory.expanduser().resolve()
     kind = bundle.detect_kind(root, KINDS)
     if kind == apt_bundle.KIND:
@@ -95,7 +95,7 @@ def kubernetes(output: Path | None, keep_work: bool) -> None:
     (upstream v1.20.2 with vendor/) with Debian's Go: kube-apiserver, kube-controller-manager,
     kube-scheduler, kubelet, kube-proxy, kubeadm, the pause and busybox images, bundle.yml and
     SHA256SUMS, laid out like upstream's server release. Cached by source version and recipe
-    digest; a cold build takes long (README "Kubernetes from Debian's source: the server bundle")."""
+    digest; a cold build takes long (README "Kubernetes from Debian's source (the server bundle)")."""
     import shutil
 
     from harness import k8s_server_build
