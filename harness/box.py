@@ -9,6 +9,7 @@ by the hash of the recipe directory; a failed build leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import hashlib
 import json
@@ -25,12 +26,14 @@ import yaml
 
 from harness import proc
 from harness.debootstrap import DebootstrapProgress
-from harness.errors import BoxError, SpecError
+from harness.errors import BoxError, SpecError, UsageError
 from harness.paths import BOX_RECIPES_DIR, cache_dir, probe_kernel_path
 
 log = logging.getLogger(__name__)
 
 BUILDER_VERSION = "3"
+DEFAULT_RECIPE = "debian12"
+DEBOOTSTRAP_SCRIPTS_DIR = Path("/usr/share/debootstrap/scripts")
 PARTITION_OFFSET = 1024 * 1024
 _MBR_CANDIDATES = ("/usr/lib/syslinux/mbr/mbr.bin", "/usr/lib/EXTLINUX/mbr.bin")
 _INSECURE_KEY_GLOBS = (
@@ -50,13 +53,87 @@ class BoxRecipe:
     security_mirror: str
     disk_gib: int
     packages: tuple[str, ...]
+    # Archive components debootstrap installs from and the box's sources.list names.
+    components: tuple[str, ...] = ("main",)
+    # debootstrap's script for the suite when it has none of that name (Debian 12's debootstrap
+    # knows jammy but not noble: noble is bootstrapped with the jammy script).
+    script: str | None = None
+    # The archive keyring debootstrap checks the Release file with; None: debootstrap's default
+    # (Debian's keyring, which holds the bookworm and trixie keys).
+    keyring: Path | None = None
+    # A recipe whose mirror and keyring the user names (`harness box build ubuntu2204 --mirror
+    # URL --keyring FILE`): Debian 12 ships no Ubuntu keyring and no Ubuntu mirror is known here.
+    # They are not part of the content hash (preflight must know the version without them): a
+    # build from another mirror is `--force`.
+    needs_source: bool = False
+    # The recipe this one is made like (`base: debian12`): its customize.sh runs first (as
+    # /tmp/base-customize.sh, with the same arguments) and this recipe's customize.sh then changes
+    # what differs; its Vagrantfile is the box's unless this recipe has one.
+    base: BoxRecipe | None = None
 
     def content_hash(self) -> str:
         h = hashlib.sha256(BUILDER_VERSION.encode())
-        for f in sorted(p for p in self.directory.rglob("*") if p.is_file()):
-            h.update(f.relative_to(self.directory).as_posix().encode())
+        for name, f in self.files():
+            h.update(name.encode())
             h.update(f.read_bytes())
         return h.hexdigest()
+
+    def files(self) -> list[tuple[str, Path]]:
+        """The files the box is made from, by name: this recipe's, then its base's (`base:NAME/...`),
+        so a change to the base recipe is a new build of this one."""
+        out = [(f.relative_to(self.directory).as_posix(), f) for f in sorted(self.directory.rglob("*")) if f.is_file()]
+        if self.base is not None:
+            out += [(f"base:{self.base.key}/{name}", f) for name, f in self.base.files()]
+        return out
+
+    def box_file(self, name: str) -> Path:
+        """A file of the box's recipe (Vagrantfile, customize.sh): this recipe's, else its base's."""
+        own = self.directory / name
+        return own if own.is_file() or self.base is None else self.base.box_file(name)
+
+    def customize_scripts(self) -> tuple[Path, Path | None]:
+        """The script that customizes the root filesystem (/tmp/customize.sh) and the one it runs
+        first (/tmp/base-customize.sh): the customize.sh of the recipe that has one (this one or
+        its base, e.g. ubuntu2404 → ubuntu2204) and that recipe's base's."""
+        if (self.directory / "customize.sh").is_file() or self.base is None:
+            return self.directory / "customize.sh", self.base.box_file("customize.sh") if self.base else None
+        return self.base.customize_scripts()
+
+    def debootstrap_argv(self, root: Path) -> list[str]:
+        """The debootstrap command line that makes this recipe's root filesystem in `root`."""
+        argv = ["debootstrap", "--variant=minbase", f"--include={','.join(self.packages)}"]
+        if self.components != ("main",):
+            argv.append(f"--components={','.join(self.components)}")
+        if self.keyring is not None:
+            argv.append(f"--keyring={self.keyring}")
+        argv += [self.suite, str(root), self.mirror]
+        if self.script is not None:
+            argv.append(str(DEBOOTSTRAP_SCRIPTS_DIR / self.script))
+        return argv
+
+    def with_source(self, mirror: str | None, keyring: Path | None, security_mirror: str | None = None) -> BoxRecipe:
+        """This recipe with the mirror and keyring the user named (both required where the recipe
+        says it needs them); the security mirror defaults to the mirror."""
+        if not self.needs_source:
+            if mirror is None and keyring is None and security_mirror is None:
+                return self
+            mirror = mirror or self.mirror
+            security_mirror = security_mirror or (self.security_mirror if mirror == self.mirror else mirror)
+        missing = [opt for opt, v in (("--mirror URL", mirror), ("--keyring FILE", keyring)) if v is None]
+        if self.needs_source and missing:
+            raise UsageError(
+                f"box recipe {self.key!r} builds from a mirror and archive keyring you name: "
+                f"`harness box build {self.key} --mirror URL --keyring FILE` (missing: {', '.join(missing)})"
+            )
+        if keyring is not None and not keyring.is_file():
+            raise UsageError(f"archive keyring {keyring} is not a file: name the archive's keyring (a .gpg file)")
+        assert mirror is not None
+        return dataclasses.replace(
+            self,
+            mirror=mirror.rstrip("/"),
+            security_mirror=(security_mirror or mirror).rstrip("/"),
+            keyring=keyring.resolve() if keyring is not None else self.keyring,
+        )
 
     @property
     def version(self) -> str:
@@ -100,6 +177,10 @@ def load_recipe(key: str, recipes_dir: Path = BOX_RECIPES_DIR) -> BoxRecipe:
             security_mirror=str(data["security_mirror"]),
             disk_gib=int(data["disk_gib"]),
             packages=tuple(str(p) for p in data["packages"]),
+            components=tuple(str(c) for c in data.get("components", ["main"])),
+            script=str(data["debootstrap_script"]) if data.get("debootstrap_script") else None,
+            needs_source=bool(data.get("needs_source", False)),
+            base=load_recipe(str(data["base"]), recipes_dir) if data.get("base") else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise SpecError(str(path), [f"recipe is missing or has a bad value for {exc}"]) from exc
@@ -157,7 +238,10 @@ def _chroot_mounts(root: Path, logfile: Path) -> Iterator[None]:
 def _kernel_version(root: Path) -> str:
     kernels = sorted((root / "boot").glob("vmlinuz-*"))
     if not kernels:
-        raise BoxError(f"debootstrap produced no kernel in {root / 'boot'}: is linux-image-amd64 in the recipe?")
+        raise BoxError(
+            f"debootstrap produced no kernel in {root / 'boot'}: is the kernel package "
+            "(linux-image-amd64 on Debian, linux-image-virtual on Ubuntu) in the recipe?"
+        )
     return kernels[-1].name.removeprefix("vmlinuz-")
 
 
@@ -246,7 +330,7 @@ def _write_box_archive(recipe: BoxRecipe, qcow2: Path, out: Path) -> None:
     meta = {"provider": "libvirt", "format": "qcow2", "virtual_size": recipe.disk_gib}
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         (Path(tmp) / "metadata.json").write_text(json.dumps(meta))
-        shutil.copy(recipe.directory / "Vagrantfile", Path(tmp) / "Vagrantfile")
+        shutil.copy(recipe.box_file("Vagrantfile"), Path(tmp) / "Vagrantfile")
         partial = out.with_suffix(".partial")
         with tarfile.open(partial, "w") as tar:
             tar.add(Path(tmp) / "metadata.json", arcname="metadata.json")
@@ -277,14 +361,7 @@ def build_box(recipe: BoxRecipe, *, force: bool = False, on_step: Callable[[str]
         progress = DebootstrapProgress(step)
         _check(
             proc.run_logged(
-                [
-                    "debootstrap",
-                    "--variant=minbase",
-                    f"--include={','.join(recipe.packages)}",
-                    recipe.suite,
-                    str(root),
-                    recipe.mirror,
-                ],
+                recipe.debootstrap_argv(root),
                 logfile,
                 on_line=progress,
             ),
@@ -294,7 +371,10 @@ def build_box(recipe: BoxRecipe, *, force: bool = False, on_step: Callable[[str]
         step(progress.summary())
         step("customizing the root filesystem")
         shutil.copy(_insecure_public_key(), root / "tmp" / "vagrant.pub")
-        shutil.copy(recipe.directory / "customize.sh", root / "tmp" / "customize.sh")
+        script, base_script = recipe.customize_scripts()
+        shutil.copy(script, root / "tmp" / "customize.sh")
+        if base_script is not None:
+            shutil.copy(base_script, root / "tmp" / "base-customize.sh")
         kver = _kernel_version(root)
         with _chroot_mounts(root, logfile):
             _check(
@@ -318,10 +398,11 @@ def build_box(recipe: BoxRecipe, *, force: bool = False, on_step: Callable[[str]
         step(f"making a {recipe.disk_gib} GiB disk image")
         raw = work / "disk.raw"
         _make_image(root, raw, recipe.disk_gib, logfile)
-        # The box's kernel doubles as the KVM probe's test kernel (see accelerator.probe_kvm).
-        probe = probe_kernel_path()
-        probe.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(root / "boot" / f"vmlinuz-{kver}", probe)
+        if recipe.key == DEFAULT_RECIPE:
+            # The default box's kernel doubles as the KVM probe's test kernel (see accelerator.probe_kvm).
+            probe = probe_kernel_path()
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / "boot" / f"vmlinuz-{kver}", probe)
         shutil.rmtree(root)
         step("converting to qcow2 and packing the box")
         qcow2 = work / "box.img"

@@ -29,7 +29,7 @@ from harness.cli_promote import promote_cmd
 from harness.errors import HarnessError, Interrupted, SpecError, UsageError
 from harness.paths import scenario_search_dirs
 from harness.rundir import RunState
-from harness.spec import Scenario, load_scenario
+from harness.spec import DEFAULT_BOX, Scenario, load_scenario
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -116,6 +116,9 @@ def validate(scenario: str, no_playbook: bool) -> None:
 
         galaxy.read_requirements(sc.resolve(sc.provision.collections))
     out.print(f"{sc.source}: ok — scenario {sc.name!r}, {len(nodes)} node(s): {', '.join(n.name for n in nodes)}")
+    if sc.boxes() != [DEFAULT_BOX]:  # which node boots which box (the default box goes unsaid)
+        for name in sc.boxes():
+            out.print(f"  box {name}: {', '.join(n.name for n in nodes if n.box == name)}", highlight=False)
     from harness import molecule
 
     if molecule.is_molecule(sc):  # what was mapped from what, and what the harness does not honour

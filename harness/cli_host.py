@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -78,9 +79,20 @@ def box_group() -> None:
 @box_group.command("build")
 @click.argument("recipe", default="debian12")
 @click.option("--force", is_flag=True, help="Rebuild even if a build of this recipe is cached.")
-def box_build(recipe: str, force: bool) -> None:
-    """Build the box from vagrant/boxes/RECIPE with debootstrap and add it to Vagrant."""
-    r = box.load_recipe(recipe)
+@click.option("--mirror", default=None, help="The archive mirror URL (required for the Ubuntu recipes).")
+@click.option(
+    "--keyring",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The archive keyring file the mirror's Release is checked with (required for the Ubuntu recipes).",
+)
+@click.option("--security-mirror", default=None, help="The security archive's URL (default: the mirror).")
+def box_build(recipe: str, force: bool, mirror: str | None, keyring: Path | None, security_mirror: str | None) -> None:
+    """Build the box from vagrant/boxes/RECIPE with debootstrap and add it to Vagrant.
+
+    Recipes: debian12 (the default box), debian13, ubuntu2204 and ubuntu2404 (these two from a
+    mirror and keyring you name)."""
+    r = box.load_recipe(recipe).with_source(mirror, keyring, security_mirror)
     started = time.monotonic()
 
     def step(msg: str) -> None:

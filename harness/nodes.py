@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -56,7 +56,7 @@ def plan_run(
     run: RunState,
     accel: accelerator.Accelerator,
     hostdevs: dict[str, list[str]] | None = None,
-    box_version: str | None = None,
+    box_versions: Mapping[str, str | None] | None = None,
     boot_timeout: int = BOOT_TIMEOUT_S,
 ) -> str:
     """Choose the run's subnets, create its libvirt networks and render its Vagrantfile."""
@@ -83,7 +83,7 @@ def plan_run(
         mgmt_subnet=mgmt,
         private_subnet=private,
         hostdevs=hostdevs,
-        box_version=box_version,
+        box_versions=box_versions,
         boot_timeout=boot_timeout,
     )
     text = render_vagrantfile(view)
@@ -239,7 +239,7 @@ def up(
     (lifecycle.check_playbook, before `run`), so it is not read and hashed twice."""
     if not bundle_checked:
         k8s_bundle.preflight(scenario)
-    box_version = preflight.check_box(scenario)
+    box_versions = preflight.check_box(scenario)
     preflight.check_resources(scenario)
     preflight.check_disk(scenario, *preflight.pool_free_gib())
     cache.require_running()
@@ -257,10 +257,11 @@ def up(
     libvirtd = host.libvirtd_pid()
     try:
         boot_timeout = reach.connect_timeout(BOOT_TIMEOUT_S, cap=MAX_BOOT_TIMEOUT_S)
-        plan_run(scenario, run, accel, hostdevs, box_version, boot_timeout)
+        plan_run(scenario, run, accel, hostdevs, box_versions, boot_timeout)
         on_progress("up", f"networks: management {run.mgmt_subnet}, private {run.private_subnet}")
-        if box_version is not None:  # Vagrant's own copy into the pool races with other runs
-            box_volume.ensure(scenario.box, box_version, lambda msg: on_progress("up", msg))
+        for box_name, box_version in (box_versions or {}).items():
+            if box_version is not None:  # Vagrant's own copy into the pool races with other runs
+                box_volume.ensure(box_name, box_version, lambda msg: on_progress("up", msg))
         try:
             VagrantEnvironment(run.path, run.log_dir / "vagrant.log").up(on_progress)
         except ProviderError as exc:
@@ -383,6 +384,8 @@ def rendered(scenario: Scenario) -> str:
             accel=accel,
             mgmt_subnet=ipaddress.IPv4Network("10.213.0.0/24"),
             private_subnet=scenario.network.subnet or ipaddress.IPv4Network("10.213.1.0/24"),
-            box_version=recipe.version if (recipe := box.recipe_for_box(scenario.box)) else None,
+            box_versions={
+                name: recipe.version if (recipe := box.recipe_for_box(name)) else None for name in scenario.boxes()
+            },
         )
     )

@@ -75,23 +75,38 @@ def check_disk(scenario: Scenario, free_gib: float, pool_path: str) -> None:
         )
 
 
-def check_box(scenario: Scenario) -> str | None:
-    """The box is installed (for a recipe's box: the version its recipe builds now, which the
-    Vagrantfile pins); that version, or None for a box from elsewhere."""
-    recipe = box.recipe_for_box(scenario.box)
-    versions = [b.version for b in box.installed_boxes() if b.name == scenario.box and b.provider == "libvirt"]
+def check_box(scenario: Scenario) -> dict[str, str | None]:
+    """Every box the scenario's nodes use is installed (for a recipe's box: the version its recipe
+    builds now, which the Vagrantfile pins). Box name → that version, or None for a box from
+    elsewhere; one error naming every box that is missing, with the command that makes it."""
+    installed = box.installed_boxes()
+    versions: dict[str, str | None] = {}
+    problems: list[str] = []
+    for name in scenario.boxes():
+        try:
+            versions[name] = _box_version(
+                name, [b.version for b in installed if b.name == name and b.provider == "libvirt"]
+            )
+        except HostError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise HostError("\n".join(problems))
+    return versions
+
+
+def _box_version(name: str, versions: list[str]) -> str | None:
+    recipe = box.recipe_for_box(name)
     if recipe is None:
         if versions:
             return None
-        raise HostError(
-            f"box {scenario.box!r} is not installed for the libvirt provider: add it with `vagrant box add`."
-        )
+        raise HostError(f"box {name!r} is not installed for the libvirt provider: add it with `vagrant box add`.")
     if recipe.version in versions:
         return recipe.version
     state = f"installed versions {', '.join(versions)} are older builds" if versions else "it is not installed"
+    source = " --mirror URL --keyring FILE" if recipe.needs_source else ""
     raise HostError(
-        f"box {scenario.box!r} does not match its recipe vagrant/boxes/{recipe.key} ({state}): "
-        f"build it with `harness box build {recipe.key}`."
+        f"box {name!r} does not match its recipe vagrant/boxes/{recipe.key} ({state}): "
+        f"build it with `harness box build {recipe.key}{source}`."
     )
 
 

@@ -45,6 +45,9 @@ class NodeView:
     hostdevs: tuple[PciFunction, ...] = ()
     viommu: bool = False
     emulated_devices: tuple[str, ...] = ()
+    # A box of the node's own (`nodes[*].box`) where it is not the run's; None: the run's box.
+    box: str | None = None
+    box_version: str | None = None
 
     @property
     def q35(self) -> bool:
@@ -116,10 +119,13 @@ def build_view(
     mgmt_subnet: ipaddress.IPv4Network,
     private_subnet: ipaddress.IPv4Network,
     hostdevs: Mapping[str, Sequence[str]] | None = None,
-    box_version: str | None = None,
+    box_versions: Mapping[str, str | None] | None = None,
     boot_timeout: int = BOOT_TIMEOUT_S,
 ) -> VagrantfileView:
+    """`box_versions`: box name → the version its recipe builds now (None: a box from elsewhere),
+    for every box the scenario's nodes use (preflight.check_box)."""
     nodes = scenario.expanded_nodes()
+    versions = box_versions or {}
     ips = private_ips(private_subnet, nodes)
     devs = hostdevs or {}
     run = RunView(
@@ -128,7 +134,7 @@ def build_view(
         scenario=scenario.name,
         source=str(scenario.source),
         box=scenario.box,
-        box_version=box_version,
+        box_version=versions.get(scenario.box),
         driver=accel.driver,
         cpu_mode=accel.cpu_mode,
         cpu_model=accel.cpu_model,
@@ -153,6 +159,8 @@ def build_view(
             hostdevs=tuple(PciFunction.from_address(a) for a in devs.get(n.name, ())),
             viommu=n.viommu,
             emulated_devices=n.emulated_devices,
+            box=None if n.box == scenario.box else n.box,
+            box_version=None if n.box == scenario.box else versions.get(n.box),
         )
         for n in nodes
     )

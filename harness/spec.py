@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness import pci
 from harness.errors import SpecError
+from harness.paths import BOX_RECIPES_DIR
 
 DEFAULT_BOX = "harness/debian12"
 BUILTIN_GROUPS = ("login", "mgmt", "gpu")
@@ -26,6 +27,23 @@ _HOSTNAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _GROUP = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
 _GROUP_RULE = "group names are letters, digits, '_', '-' and '.', starting with a letter or '_'"
 RESERVED_GROUPS = ("all", "ungrouped")
+
+
+def box_name(value: str) -> str:
+    """A scenario's `box:` as Vagrant names it: a harness recipe's name (`debian13`) means that
+    recipe's box (`harness/debian13`); anything else is a Vagrant box name as given."""
+    if "/" not in value and (BOX_RECIPES_DIR / value / "recipe.yml").is_file():
+        return f"harness/{value}"
+    return value
+
+
+def _box(value: str) -> str:
+    if not value.strip() or any(c.isspace() or c in "\"'\\" for c in value):
+        raise ValueError(
+            "a box is a harness recipe (debian12, debian13, ubuntu2204, ubuntu2404) or a Vagrant box name, "
+            "without spaces or quotes"
+        )
+    return box_name(value)
 
 
 def group_name_problem(name: str) -> str | None:
@@ -56,6 +74,12 @@ class NodeSpec(_Model):
     count: Annotated[int, Field(ge=1, le=99)] | None = None
     viommu: bool = Field(False, description="emulate an Intel IOMMU in the VM (q35), to rehearse host roles")
     emulated_devices: list[str] = Field(default_factory=list, description="extra QEMU PCI device models, e.g. edu")
+    box: str | None = Field(None, description="this node's box (a recipe such as debian13, or a Vagrant box name)")
+
+    @field_validator("box")
+    @classmethod
+    def _box(cls, v: str | None) -> str | None:
+        return None if v is None else _box(v)
 
     @field_validator("emulated_devices")
     @classmethod
@@ -163,6 +187,7 @@ class Node(_Model):
     gpus: GpuRequest
     viommu: bool = False
     emulated_devices: tuple[str, ...] = ()
+    box: str = DEFAULT_BOX
 
 
 class Scenario(_Model):
@@ -181,6 +206,11 @@ class Scenario(_Model):
     host_vars: dict[str, dict[str, Any]] = Field(default_factory=dict, description="inventory vars per node")
     synced_folders: bool = False
     source: Path = Path("scenario.yml")
+
+    @field_validator("box")
+    @classmethod
+    def _box(cls, v: str) -> str:
+        return _box(v)
 
     @field_validator("name")
     @classmethod
@@ -208,9 +238,14 @@ class Scenario(_Model):
                         gpus=spec.gpus,
                         viommu=spec.viommu,
                         emulated_devices=tuple(spec.emulated_devices),
+                        box=spec.box or self.box,
                     )
                 )
         return out
+
+    def boxes(self) -> list[str]:
+        """Every box the nodes use, each once, in node order."""
+        return list(dict.fromkeys(n.box for n in self.expanded_nodes()))
 
     def resolve(self, path: Path) -> Path:
         """A path from the scenario, made absolute against the scenario file's directory."""

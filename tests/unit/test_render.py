@@ -15,7 +15,12 @@ TCG = Accelerator("qemu", "custom", "qemu64", "TCG (software emulation, slow): t
 KVM = Accelerator("kvm", "host-passthrough", None, "KVM", tb_cache_mib=512)  # never rendered under KVM
 
 
-def render(name: str, accel: Accelerator, hostdevs: dict[str, list[str]] | None = None) -> str:
+def render(
+    name: str,
+    accel: Accelerator,
+    hostdevs: dict[str, list[str]] | None = None,
+    box_versions: dict[str, str | None] | None = None,
+) -> str:
     path = FIX / "scenarios" / "valid" / f"{name}.yml"
     sc = parse_scenario(path.read_text(), path)
     sc = sc.model_copy(update={"source": Path(f"/scenarios/{name}.yml")})
@@ -28,6 +33,7 @@ def render(name: str, accel: Accelerator, hostdevs: dict[str, list[str]] | None 
         mgmt_subnet=ipaddress.IPv4Network("10.213.7.0/24"),
         private_subnet=sc.network.subnet or ipaddress.IPv4Network("10.213.8.0/24"),
         hostdevs=hostdevs,
+        box_versions=box_versions,
     )
     return render_vagrantfile(view)
 
@@ -35,6 +41,16 @@ def render(name: str, accel: Accelerator, hostdevs: dict[str, list[str]] | None 
 CASES = {
     "full-tcg": lambda: render("full", TCG),
     "minimal-kvm": lambda: render("minimal", KVM),
+    "mixed-boxes-kvm": lambda: render(
+        "mixed-boxes",
+        KVM,
+        box_versions={
+            "harness/debian12": "1.0.1",
+            "harness/debian13": "1.0.13",
+            "harness/ubuntu2204": "1.0.2204",
+            "example/rocky9": None,
+        },
+    ),
     "vfio-rehearsal-tcg": lambda: render("vfio-rehearsal", TCG),
     "passthrough-kvm": lambda: render(
         "passthrough", KVM, {"gpu01": ["0000:08:00.0", "0000:08:00.1"], "gpu02": ["0000:af:00.0"]}
