@@ -83,6 +83,23 @@ def _names(value: Any, key: str, problems: list[str]) -> list[str]:
     return list(value)
 
 
+# A platform image's OS → the harness box of that OS (spec.box_name), where it is not the default
+# box: role sets key on ansible_distribution, so a platform on Debian 13 or Ubuntu gets that OS.
+# Matched on the image name's words: debian:trixie, geerlingguy/docker-ubuntu2404-ansible, ubuntu:22.04.
+_IMAGE_BOXES = (
+    (re.compile(r"debian[^a-z0-9]*(13|trixie)\b|trixie"), "debian13"),
+    (re.compile(r"ubuntu[^a-z0-9]*(22\.?04|jammy)\b|jammy"), "ubuntu2204"),
+    (re.compile(r"ubuntu[^a-z0-9]*(24\.?04|noble)\b|noble"), "ubuntu2404"),
+)
+
+
+def box_for_image(image: str) -> str | None:
+    """The harness box recipe for a Molecule platform's image, or None (the default box: Debian 12,
+    or an OS the harness has no box for)."""
+    name = image.lower()
+    return next((recipe for pattern, recipe in _IMAGE_BOXES if pattern.search(name)), None)
+
+
 def _platforms(data: dict[str, Any], problems: list[str], notes: list[str]) -> list[dict[str, Any]]:
     platforms = data.get("platforms")
     if not isinstance(platforms, list) or not platforms:
@@ -107,7 +124,11 @@ def _platforms(data: dict[str, Any], problems: list[str], notes: list[str]) -> l
             )
         notes.append(mapped)
         for opt in sorted(set(plat) - {"name", "groups", "children", "memory", "cpus"}):
-            if opt in ("image", "box"):
+            recipe = box_for_image(str(plat[opt])) if opt in ("image", "box") else None
+            if recipe is not None:
+                node["box"] = spec.box_name(recipe)
+                notes.append(f"{key}.{opt}: {plat[opt]!r} → box {node['box']} (the image's OS)")
+            elif opt in ("image", "box"):
                 notes.append(f"{key}.{opt}: {plat[opt]!r} is replaced by the harness's box")
             else:
                 notes.append(f"{key}.{opt}: a driver option the harness does not honour (ignored)")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from harness import box, preflight
+from harness import box, molecule, preflight
 from harness.box import InstalledBox
 from harness.cli import main
 from harness.errors import HostError, SpecError, UsageError
@@ -223,3 +223,36 @@ def test_validate_shows_which_node_boots_which_box(tmp_path: Path) -> None:
     path.write_text("name: os\nnodes:\n  - name: a\n")
     plain = CliRunner().invoke(main, ["validate", str(path)])
     assert plain.exit_code == 0 and "box " not in plain.output  # the default box goes unsaid
+
+
+@pytest.mark.parametrize(
+    ("image", "recipe"),
+    [
+        ("geerlingguy/docker-debian12-ansible:latest", None),
+        ("debian:12", None),
+        ("debian/bookworm64", None),
+        ("geerlingguy/docker-debian13-ansible:latest", "debian13"),
+        ("docker.io/library/debian:trixie", "debian13"),
+        ("debian:13.1", "debian13"),
+        ("ubuntu:22.04", "ubuntu2204"),
+        ("geerlingguy/docker-ubuntu2204-ansible", "ubuntu2204"),
+        ("ubuntu:noble", "ubuntu2404"),
+        ("geerlingguy/docker-ubuntu2404-ansible:latest", "ubuntu2404"),
+        ("rockylinux:9", None),
+        ("debian:130", None),
+    ],
+)
+def test_a_molecule_image_maps_to_the_box_of_its_os(image: str, recipe: str | None) -> None:
+    assert molecule.box_for_image(image) == recipe
+
+
+def test_a_molecule_platform_on_another_os_gets_that_box(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    tiny = Path(__file__).parent.parent / "fixtures" / "molecule" / "tinyrole" / "molecule" / "default"
+    monkeypatch.setenv("MOLECULE_DISTRO", "debian13")
+    translated = molecule.translate(tiny / "molecule.yml")
+    assert [n.box for n in translated.scenario.expanded_nodes()] == ["harness/debian13"]
+    text = "\n".join(translated.notes)
+    assert "platforms[0].image: 'geerlingguy/docker-debian13-ansible:latest' → box harness/debian13" in text
+    monkeypatch.setenv("MOLECULE_DISTRO", "debian12")
+    assert [n.box for n in molecule.translate(tiny / "molecule.yml").scenario.expanded_nodes()] == [DEFAULT_BOX]
