@@ -175,16 +175,18 @@ def _inventory(prov: dict[str, Any], sdir: Path, problems: list[str], notes: lis
 
 def _role_links(project: Path) -> Path | None:
     """A directory of links to the role under test named as Molecule would find it (meta's
-    namespace.role_name and role_name), when those names differ from its directory's; else None."""
+    role_name, and namespace.role_name with galaxy_info.author standing in for a missing namespace),
+    when those names differ from its directory's; else None."""
     try:
         meta = spec.load_yaml((project / "meta" / "main.yml").read_text(encoding="utf-8"))
         info = meta.get("galaxy_info") or {} if isinstance(meta, dict) else {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         info = {}
-    role_name = info.get("role_name") if isinstance(info, dict) else None
-    names = {str(role_name)} if role_name else set()
-    if role_name and info.get("namespace"):
-        names.add(f"{info['namespace']}.{role_name}")
+    info = info if isinstance(info, dict) else {}
+    role_name = str(info.get("role_name") or project.name)
+    # As Molecule (ansible-compat) names it: the namespace, else galaxy_info.author (geerlingguy.git).
+    namespace = info.get("namespace") or info.get("author")
+    names = {role_name} | ({f"{namespace}.{role_name}"} if isinstance(namespace, str) and namespace else set())
     names.discard(project.name)
     if not names:
         return None

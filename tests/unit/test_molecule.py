@@ -87,15 +87,26 @@ def test_multi_platform_groups_children_inventory_links_and_playbooks() -> None:
         assert said in text
 
 
-def test_a_role_named_by_its_galaxy_name_is_linked(tmp_path: Path) -> None:
-    role = tmp_path / "ansible-role-thing"
+@pytest.mark.parametrize(
+    ("directory", "galaxy_info", "linked"),
+    [
+        ("ansible-role-thing", "role_name: thing\n  namespace: acme", ["acme.thing", "thing"]),
+        # geerlingguy's roles: converge.yml names 'geerlingguy.git'; meta has role_name and author only.
+        ("ansible-role-git", "role_name: git\n  author: geerlingguy", ["geerlingguy.git", "git"]),
+        ("thing", "author: acme", ["acme.thing"]),
+    ],
+)
+def test_a_role_is_linked_under_the_names_molecule_gives_it(
+    tmp_path: Path, directory: str, galaxy_info: str, linked: list[str]
+) -> None:
+    role = tmp_path / directory
     shutil_copy(TINY.parent.parent, role)
-    (role / "meta" / "main.yml").write_text("galaxy_info:\n  role_name: thing\n  namespace: acme\n")
+    (role / "meta" / "main.yml").write_text(f"galaxy_info:\n  {galaxy_info}\n")
     sc = molecule.translate(role / "molecule" / "default" / "molecule.yml").scenario
     assert sc.provision is not None
     links = Path(sc.provision.roles_path[0])
-    assert (links / "acme.thing").resolve() == role.resolve()
-    assert (links / "thing").resolve() == role.resolve()
+    for name in linked:
+        assert (links / name).resolve() == role.resolve()
 
 
 def shutil_copy(src: Path, dst: Path) -> None:
