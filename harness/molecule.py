@@ -30,6 +30,8 @@ _TOP_KEYS = {"dependency", "driver", "platforms", "provisioner", "verifier", "sc
 _TOP_KEYS |= {"role_name_check", "shared_state", "ansible"}
 _NOT_USED = ("dependency", "lint", "log", "prerun", "role_name_check", "shared_state", "ansible")
 _PLAYBOOKS = ("create", "prepare", "converge", "side_effect", "verify", "cleanup", "destroy")
+# Drivers whose platforms (containers) the converge reaches as root.
+_ROOT_DRIVERS = ("docker", "podman")
 _SEQUENCE_RUN = {"dependency", "cleanup", "destroy", "syntax", "create", "prepare", "converge", "verify"}
 # The harness's model key → the molecule.yml key, for messages about the translated scenario.
 _KEYS = (("nodes[", "platforms["), ("provision.playbook", "provisioner.playbooks.converge"))
@@ -288,6 +290,12 @@ def translate(path: Path) -> Translation:
     nodes = _platforms(data, problems, notes)
     prov = _as_dict(data.get("provisioner"), "provisioner", [])
     inventory = _inventory(prov, sdir, problems, notes)
+    if driver.get("name") in _ROOT_DRIVERS:
+        # A container platform logs the converge in as root; the box logs in as vagrant: become root
+        # unless the scenario's own inventory says otherwise (geerlingguy's converge.yml has no become).
+        groups = inventory.setdefault("group_vars", {})
+        groups["all"] = {"ansible_become": True, **groups.get("all", {})}
+        notes.append(f"driver {driver['name']!r} logs in as root → ansible_become: true for all")
     provision = _provision(data, sdir, problems, notes)
     provision["idempotence"] = _idempotence(data, problems, notes)
     tests = _tests(data, sdir, notes)

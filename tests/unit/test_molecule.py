@@ -48,6 +48,16 @@ def test_a_scenario_directory_with_molecule_yml_loads_as_a_scenario() -> None:
     assert sc.provision.env == {"TINYROLE_FROM_ENV": "yes"}
     # The role is found by its directory's name: the directory above it is on the roles path.
     assert FIX in [sc.resolve(p) for p in sc.provision.roles_path]
+    # A docker platform is reached as root; the box as vagrant: the converge becomes root.
+    assert sc.group_vars == {"all": {"ansible_become": True}}
+
+
+def test_a_scenarios_own_become_wins_over_the_drivers(tmp_path: Path) -> None:
+    shutil_copy(TINY.parent.parent, tmp_path / "tinyrole")
+    mol = tmp_path / "tinyrole" / "molecule" / "default" / "molecule.yml"
+    own = "provisioner:\n  inventory:\n    group_vars:\n      all:\n        ansible_become: false\n"
+    mol.write_text(mol.read_text().replace("provisioner:\n", own))
+    assert molecule.translate(mol).scenario.group_vars == {"all": {"ansible_become": False}}
 
 
 def test_notes_say_what_was_mapped_and_what_is_not_honoured() -> None:
