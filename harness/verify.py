@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from harness import proc
+from harness import proc, site_ssh
 from harness.report import Failure, NotRun
 
 DISTURBING = "disturbing"  # the marker (registered by harness.pytest_plugin)
@@ -309,9 +309,22 @@ def run_tests(
     unless `quick`: then the result is the quick verdict, marked partial. Either way one JUnit file,
     `verify-junit.xml`, and one log, `logs/verify.log`."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "logs" / "verify.log"
+    if ssh_config is not None:  # a run's VMs: its ssh_config shares the connections
+        session = _Session(tests_dir, nodes, inventory, ssh_config, select, log_path, env or {})
+        return _passes(session, out_dir, quick, on_quick)
+    with site_ssh.shared_connections(inventory, tests_dir, env or {}) as sharing:
+        session = _Session(tests_dir, nodes, inventory, None, select, log_path, {**(env or {}), **sharing})
+        return _passes(session, out_dir, quick, on_quick)
+
+
+def _passes(
+    session: _Session, out_dir: Path, quick: bool, on_quick: Callable[[VerifyResult], None] | None
+) -> VerifyResult:
+    """run_tests' passes: the quick one (or the only one), then the disturbing one unless `quick`."""
+    tests_dir, select = session.tests_dir, session.select
     junit = out_dir / JUNIT_FILE
     junit.unlink(missing_ok=True)
-    session = _Session(tests_dir, nodes, inventory, ssh_config, select, out_dir / "logs" / "verify.log", env or {})
     disturbing: list[str] = []
     listed_s = 0.0
     if names_disturbing(tests_dir):
