@@ -32,9 +32,9 @@ RESERVED_GROUPS = ("all", "ungrouped")
 def box_name(value: str) -> str:
     """A scenario's `box:` as Vagrant names it: a harness recipe's name (`debian13`) means that
     recipe's box (`harness/debian13`); anything else is a Vagrant box name as given."""
-    if "/" not in value and (BOX_RECIPES_DIR / value / "recipe.yml").is_file():
-        return f"harness/{value}"
-    return value
+    if "/" in value or not re.match(r"^[a-z0-9][a-z0-9._-]{0,63}$", value):
+        return value  # not a recipe's name (and no path to look up: a 300-character name is ENAMETOOLONG)
+    return f"harness/{value}" if (BOX_RECIPES_DIR / value / "recipe.yml").is_file() else value
 
 
 def _box(value: str) -> str:

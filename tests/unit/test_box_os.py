@@ -173,6 +173,13 @@ def test_a_node_boots_its_own_box_and_the_others_the_scenarios() -> None:
     assert whole.boxes() == ["harness/ubuntu2404"]
 
 
+def test_a_box_name_that_is_no_recipe_is_a_vagrant_box_name() -> None:
+    long = "p" * 300  # no filesystem takes the name: it is not looked up as a recipe
+    assert _scenario(f"name: os\nnodes:\n  - name: a\n    box: {long}\n").boxes() == [long]
+    assert _scenario("name: os\nnodes:\n  - name: a\n    box: ..\n").boxes() == [".."]
+    assert _scenario("name: os\nnodes:\n  - name: a\n    box: debian14\n").boxes() == ["debian14"]
+
+
 def test_a_bad_box_name_is_a_spec_problem_with_its_key_path() -> None:
     with pytest.raises(SpecError, match=r"nodes\[1\]\.box: .*without spaces or quotes"):
         _scenario('name: os\nnodes:\n  - name: a\n  - name: b\n    box: "debian 13"\n')
