@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ MANIFEST = "bundle.yml"
 BIN_DIR = "kubernetes/server/bin"
 README_SECTION = "README 'Kubernetes from Debian's source (the server bundle)'"
 # Changed whenever the build steps change in a way the Recipe fields do not show: a new cache key.
-RECIPE_REVISION = 1
+RECIPE_REVISION = 2
 # The Go import path the tree lives at in GOPATH mode (hack/lib/init.sh: KUBE_GO_PACKAGE).
 GO_PACKAGE = "k8s.io/kubernetes"
 # What the version ldflags set (hack/lib/version.sh: kube::version::ldflags).
@@ -88,6 +89,15 @@ class Recipe:
         ("GOFLAGS", ""),
     )
     go_flags: tuple[str, ...] = ("-trimpath",)
+    # kube-apiserver needs pkg/generated/openapi/zz_generated.openapi.go, which upstream generates at
+    # build time (Makefile.generated_files, `make gen_openapi`) and the source package lacks: every
+    # package with a `+k8s:openapi-gen=` tag, outside these, is an input.
+    openapi_gen: str = "vendor/k8s.io/kube-openapi/cmd/openapi-gen"
+    openapi_output: str = "pkg/generated/openapi"
+    openapi_skip: tuple[str, ...] = (
+        "staging", "_output", ".git", "vendor/k8s.io/code-generator", "vendor/k8s.io/sample-apiserver",
+    )  # fmt: skip
+    openapi_boilerplate: str = "hack/boilerplate/boilerplate.generatego.txt"
     pause_source: str = "build/pause/linux/pause.c"
     cc_flags: tuple[str, ...] = ("-Os", "-Wall", "-Werror", "-static")
     # kubelet 1.20's default sandbox image, so neither kubelet nor containerd need telling.
@@ -140,6 +150,23 @@ class Recipe:
             *packages,
         ]
 
+    def openapi_argv(self, tool: str, inputs: Sequence[str], report: Path) -> list[str]:
+        """openapi-gen as Makefile.generated_files runs it for pkg/generated/openapi."""
+        return [
+            tool,
+            "--logtostderr",
+            "-i",
+            ",".join(f"{GO_PACKAGE}/{d}" for d in inputs),
+            "-p",
+            f"{GO_PACKAGE}/{self.openapi_output}",
+            "-O",
+            "zz_generated.openapi",
+            "-h",
+            self.openapi_boilerplate,
+            "-r",
+            str(report),
+        ]
+
     def go_environ(self, goroot: Path, gopath: Path, gocache: Path) -> dict[str, str]:
         return {
             **dict(self.go_env),
@@ -151,10 +178,29 @@ class Recipe:
 
     def cc_argv(self, cc: str, source: Path, output: Path) -> list[str]:
         version = self.pause.ref.rpartition(":")[2]
-        return [cc, *self.cc_flags, f'-DVERSION="v{version}-harness"', "-o", str(output), str(source)]
+        return [cc, *self.cc_flags, f"-DVERSION=v{version}-harness", "-o", str(output), str(source)]
 
     def images(self) -> tuple[ImageRecipe, ...]:
         return (self.pause, self.busybox)
+
+
+OPENAPI_TAG = re.compile(r"^// *\+k8s:openapi-gen=", re.MULTILINE)
+
+
+def openapi_inputs(tree: Path, skip: Sequence[str]) -> list[str]:
+    """Directories (relative to tree, through vendor/'s symlinks) with a Go file, not a test, that
+    has a `+k8s:openapi-gen=` tag; `skip` and testdata pruned. Sorted."""
+    found: set[str] = set()
+    for top, dirs, files in os.walk(tree, followlinks=True):
+        rel = Path(top).relative_to(tree).as_posix()
+        dirs[:] = sorted(d for d in dirs if d != "testdata" and (d if rel == "." else f"{rel}/{d}") not in skip)
+        for name in files:
+            if name.endswith(".go") and not name.endswith("_test.go"):
+                text = (Path(top) / name).read_text(encoding="utf-8", errors="replace")
+                if OPENAPI_TAG.search(text):
+                    found.add(rel)
+                    break
+    return sorted(found)
 
 
 def pause_image(recipe: Recipe, binary: bytes) -> oci_image.Image:

@@ -9,13 +9,16 @@ Steps, each a progress line (the commands' output goes to the build log):
    the next build.
 2. unpack: `dpkg-source -x` into a GOPATH (src/k8s.io/kubernetes), `dpkg-deb -x` of the packages;
    the vendored reflect2 replaced by Debian's.
-3. go: one `go build` (GOPATH mode, CGO off, `-ldflags -s -w` and the version variables).
-4. pause: `gcc -static` of build/pause/linux/pause.c.
-5. layout: the binaries, the pause and busybox images, bundle.yml, SHA256SUMS; moved into place
+3. openapi: pkg/generated/openapi, which kube-apiserver needs and the source lacks, generated with
+   the vendored openapi-gen from every package tagged `+k8s:openapi-gen=`.
+4. go: one `go build` (GOPATH mode, CGO off, `-ldflags -s -w` and the version variables).
+5. pause: `gcc -static` of build/pause/linux/pause.c.
+6. layout: the binaries, the pause and busybox images, bundle.yml, SHA256SUMS; moved into place
    only when complete. The work directory is removed.
 
 Cached at <cache>/kubernetes-server/<source version>-<recipe digest>/; a bundle there that passes
-`check_bundle` is used as is.
+`check_bundle` is used as is. Go's build cache is kept at <cache>/kubernetes-server/gocache (about
+2-3 GB): delete it to reclaim the space, at the cost of a cold build next time.
 """
 
 from __future__ import annotations
@@ -147,12 +150,36 @@ class _Build:
         return self.work / "debroot"
 
     @property
+    def gocache(self) -> Path:
+        """Go's build cache, kept between builds: with -trimpath its entries do not depend on the
+        work directory, so a changed recipe recompiles only what changed."""
+        return self.work.parent / "gocache"
+
+    @property
     def out(self) -> Path:
         return self.work / "out"
 
+    def openapi(self) -> None:
+        goroot = self.root / self.recipe.goroot
+        env = self.recipe.go_environ(goroot, self.work / "gopath", self.gocache)
+        inputs = k8s_server.openapi_inputs(self.tree, self.recipe.openapi_skip)
+        if not inputs:
+            raise BuildError(f"kubernetes bundle, step openapi: no package in {self.tree} has a +k8s:openapi-gen tag")
+        tool = self.work / "openapi-gen"
+        go = str(goroot / "bin" / "go")
+        self.run(
+            "openapi",
+            [go, "build", *self.recipe.go_flags, "-o", str(tool), f"{k8s_server.GO_PACKAGE}/{self.recipe.openapi_gen}"],
+            self.tree,
+            env,
+        )
+        self.run(
+            "openapi", self.recipe.openapi_argv(str(tool), inputs, self.work / "openapi-report.txt"), self.tree, env
+        )
+
     def go(self) -> None:
         goroot = self.root / self.recipe.goroot
-        env = self.recipe.go_environ(goroot, self.work / "gopath", self.work / "gocache")
+        env = self.recipe.go_environ(goroot, self.work / "gopath", self.gocache)
         self.out.mkdir(parents=True, exist_ok=True)
         argv = self.recipe.go_build_argv(str(goroot / "bin" / "go"), self.out, os.cpu_count() or 1)
         self.run("go", argv, self.tree, env)
@@ -238,6 +265,7 @@ def build(
     progress(f"log: {b.log}")
     b.timed("fetch", "source package and build packages from Debian (through the package cache)", b.fetch)
     b.timed("unpack", "source tree into a GOPATH, Go and reflect2 from Debian", b.unpack)
+    b.timed("openapi", "generate pkg/generated/openapi (openapi-gen, as upstream's make does)", b.openapi)
     b.timed("go", f"go build of {', '.join(recipe.binaries)} (the long step)", b.go)
     b.timed("pause", "static pause binary", b.pause)
     staging = root / f"staging-{recipe.cache_key()}"

@@ -140,6 +140,28 @@ def test_check_names_every_problem(tmp_path: Path) -> None:
     assert "pause.tar: tagged other/pause:1, but bundle.yml says k8s.gcr.io/pause:3.2" in text
 
 
+def test_openapi_inputs_are_the_tagged_packages_through_vendor_links_without_the_skipped(tmp_path: Path) -> None:
+    tagged = "// +k8s:openapi-gen=true\npackage x\n"
+    files = {
+        "staging/src/k8s.io/api/core/v1/doc.go": tagged,
+        "pkg/apis/apps/v1/doc.go": "//  +k8s:openapi-gen=false\npackage v1\n",
+        "pkg/apis/untagged/doc.go": "// +k8s:deepcopy-gen=package\npackage untagged\n",
+        "pkg/only/x_test.go": tagged,
+        "pkg/testdata/x.go": tagged,
+        "vendor/k8s.io/code-generator/x/doc.go": tagged,
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "vendor/k8s.io/api").symlink_to("../../staging/src/k8s.io/api")
+    assert k8s_server.openapi_inputs(tmp_path, RECIPE.openapi_skip) == ["pkg/apis/apps/v1", "vendor/k8s.io/api/core/v1"]
+    argv = RECIPE.openapi_argv("/w/openapi-gen", ["pkg/apis/apps/v1", "vendor/k8s.io/api/core/v1"], tmp_path / "r")
+    assert (
+        argv[argv.index("-i") + 1] == "k8s.io/kubernetes/pkg/apis/apps/v1,k8s.io/kubernetes/vendor/k8s.io/api/core/v1"
+    )
+    assert argv[argv.index("-p") + 1] == "k8s.io/kubernetes/pkg/generated/openapi"
+
+
 class FakeTools:
     """apt-get, dpkg-source, dpkg-deb, go and gcc as the build calls them, making what they would make."""
 
@@ -163,6 +185,8 @@ class FakeTools:
             (tree / "vendor/github.com/modern-go/reflect2/v101.go").write_text("old")
             (tree / "build/pause/linux").mkdir(parents=True)
             (tree / "build/pause/linux/pause.c").write_text("int main(){}")
+            (tree / "pkg/apis/core").mkdir(parents=True)
+            (tree / "pkg/apis/core/doc.go").write_text("// +k8s:openapi-gen=true\npackage core\n")
         elif tool == "dpkg-deb":
             root = Path(argv[-1])
             for sub, name, data in [
@@ -172,7 +196,14 @@ class FakeTools:
             ]:
                 (root / sub).mkdir(parents=True, exist_ok=True)
                 (root / sub / name).write_text(data)
+        elif tool == "go" and argv[-1].endswith("/openapi-gen"):
+            Path(argv[argv.index("-o") + 1]).write_bytes(b"\x7fELF")
+        elif tool == "openapi-gen":
+            assert argv[argv.index("-i") + 1] == "k8s.io/kubernetes/pkg/apis/core"
+            (cwd / "pkg/generated/openapi").mkdir(parents=True)
+            (cwd / "pkg/generated/openapi/zz_generated.openapi.go").write_text("package openapi")
         elif tool == "go":
+            assert (cwd / "pkg/generated/openapi/zz_generated.openapi.go").is_file()
             vendored = cwd / "vendor/github.com/modern-go/reflect2"
             assert sorted(p.name for p in vendored.iterdir()) == ["v102.go"]
             out = Path(argv[argv.index("-o") + 1])
@@ -187,7 +218,7 @@ def test_build_runs_every_step_then_serves_the_cache(tmp_path: Path) -> None:
     tools = FakeTools()
     lines: list[str] = []
     result = k8s_server_build.build(root=tmp_path, runner=tools, progress=lines.append, require_cache=False)
-    assert not result.cached and set(result.steps) == {"fetch", "unpack", "go", "pause", "layout"}
+    assert not result.cached and set(result.steps) == {"fetch", "unpack", "openapi", "go", "pause", "layout"}
     assert result.bundle.root == tmp_path / RECIPE.cache_key()
     assert k8s_server.check_bundle(result.bundle.root).files == 9
     assert any(line.startswith("go: go build of kube-apiserver") for line in lines)
@@ -203,6 +234,6 @@ def test_build_runs_every_step_then_serves_the_cache(tmp_path: Path) -> None:
 
 
 def test_a_failing_step_is_named_and_leaves_no_bundle(tmp_path: Path) -> None:
-    with pytest.raises(k8s_server_build.BuildError, match=r"step go: `.*go build .*` exited 2"):
-        k8s_server_build.build(root=tmp_path, runner=FakeTools(fail="go"), require_cache=False)
+    with pytest.raises(k8s_server_build.BuildError, match=r"step openapi: `\S*/openapi-gen --logtostderr .*` exited 2"):
+        k8s_server_build.build(root=tmp_path, runner=FakeTools(fail="openapi-gen"), require_cache=False)
     assert not (tmp_path / RECIPE.cache_key()).exists()
