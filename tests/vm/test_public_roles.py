@@ -24,7 +24,7 @@ def test_a_public_roles_molecule_scenario_runs_unchanged(
     role: str, tmp_path: Path, runs_dir: Path, figure: Callable[[str, str], None]
 ) -> None:
     if not NIGHTLY:
-        # Each is one VM end to end, about 10 min on a loaded host (figures: README, Molecule scenarios).
+        # One VM end to end each: git took 12 min on TCG, 2026-12-07 (figures: README, Molecule scenarios).
         pytest.skip("nightly: a public role's Molecule scenario end to end; set HARNESS_NIGHTLY=1 to run it")
     proc = harness(runs_dir, "run", str(ROLES / role / "molecule" / "default"), "--report-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
