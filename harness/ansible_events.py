@@ -368,7 +368,7 @@ def result_from_events(
                 message = f"unreachable: {message}"
             action = str(data.get("task_action") or data.get("resolved_action") or "?")
             failures.append(TaskFailure(host, task, role, action, message, log_path, task_path))
-        elif kind == "runner_on_ok" and res.get("changed"):
+        elif kind == "runner_on_ok" and _changed(res, event):
             diff = _change_diff(res)
             changed.append(TaskChange(host, task, role, mask_secrets(diff, secrets) if diff else None, task_path))
     if stats:
@@ -381,6 +381,18 @@ def result_from_events(
         # another host): keep the log's end.
         result.log_tail = _log_tail(log_path, secrets)
     return result
+
+
+def _changed(res: Mapping[str, Any], event: Event) -> bool:
+    """Whether the task changed the host. A censored result (no_log) says so itself up to
+    ansible-core 2.18; from 2.19 it holds only the censor's note, and the event's own display line
+    (`changed: [node1]`) still says it."""
+    if "changed" in res or "censored" not in res:
+        return bool(res.get("changed"))
+    return _COLOUR.sub("", str(event.get("stdout") or "")).lstrip().startswith("changed:")
+
+
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _follow_play(plays: list[PlayRun], kind: str, data: Mapping[str, Any]) -> None:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from harness import inventory, lifecycle, phases, playbook_reach
+from harness import ansible_events, inventory, lifecycle, phases, playbook_reach
 from harness.cli import _print_phase, main
 from harness.provision import ProvisionOptions, converge_verdict, new_ident, run_playbook
 from harness.report import PhaseResult
@@ -274,3 +274,19 @@ def test_roles_a_playbook_reaches_by_name_galaxy_style_included(tmp_path: Path) 
     assert sorted(reached.roles) == ["dep", "geerlingguy.docker"]
     assert [i.role for i in reached.includes] == [str(tmp_path / "roles" / "geerlingguy.docker"), "site.cluster.banner"]
     assert reached.missing == [] and reached.unchecked == []
+
+
+def test_a_censored_change_counts_on_every_ansible_core() -> None:
+    """Up to 2.18 a no_log result keeps `changed`; from 2.19 it holds only the censor's note and
+    the event's display line says it changed."""
+    censored = {"censored": "the output has been hidden due to the fact that 'no_log: true' was specified"}
+    events = [
+        {"counter": 1, "event": "runner_on_ok", "stdout": "\x1b[0;33mchanged: [n1]\x1b[0m",
+         "event_data": {"host": "n1", "task": "Rotate", "res": censored}},
+        {"counter": 2, "event": "runner_on_ok", "stdout": "ok: [n1]",
+         "event_data": {"host": "n1", "task": "Read", "res": censored}},
+        {"counter": 3, "event": "runner_on_ok", "stdout": "",
+         "event_data": {"host": "n1", "task": "Old", "res": {**censored, "changed": True}}},
+    ]  # fmt: skip
+    result = ansible_events.result_from_events(events, 0, "successful", Path("log"))
+    assert [c.task for c in result.changed] == ["Rotate", "Old"]
