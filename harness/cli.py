@@ -26,7 +26,7 @@ from harness.cli_checkpoints import reset, snapshot
 from harness.cli_gpus import gpus
 from harness.cli_host import box_group, doctor, host_group
 from harness.cli_promote import promote_cmd
-from harness.errors import HarnessError, Interrupted, SpecError, UsageError
+from harness.errors import EXIT_CODES, HarnessError, Interrupted, SpecError, UsageError
 from harness.paths import scenario_search_dirs
 from harness.rundir import RunState
 from harness.spec import DEFAULT_BOX, Scenario, load_scenario
@@ -34,17 +34,11 @@ from harness.spec import DEFAULT_BOX, Scenario, load_scenario
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-EXIT_CODES = """\b
-Exit codes:
-  0  success                    10  up failed (Vagrant/libvirt)
-  1  other failure              11  provision failed
-  2  bad input (scenario, args) 12  idempotence failed
-  3  host not ready (packages,  13  verify failed
-     box, memory, GPUs)         14  destroy left something behind
-                                15  nodes unreachable (infrastructure,
-                                    after retries; not about the roles)
-                                16  promote refused: no green rehearsal
- 130 interrupted"""
+# The exit-code table of `harness --help`, made from harness.errors (the one source of the codes).
+# `\b` keeps click from rewrapping its lines.
+EXIT_CODES_HELP = "\n".join(
+    ["\b", "Exit codes:", *(f"  {code:>3}  {meaning}" for code, meaning in sorted(EXIT_CODES.items()))]
+)
 
 
 QUICK_HELP = (
@@ -88,7 +82,7 @@ def _load(ref: str) -> Scenario:
     return load_scenario(ref, scenario_search_dirs())
 
 
-@click.group(cls=HarnessGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=HarnessGroup, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="harness")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:

@@ -86,3 +86,22 @@ class Interrupted(HarnessError):
     """The user interrupted (Ctrl-C) or the process got SIGTERM."""
 
     exit_code = 130
+
+
+# Every exit code of the `harness` command and what it means: 0, then the codes of the classes
+# above. The CLI's --help table is made from it, and docs/exit-codes.md lists it
+# (tests/unit/test_docs.py holds the two together).
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    HarnessError.exit_code: "other failure",
+    SpecError.exit_code: "bad input (scenario, args)",  # and UsageError
+    HostError.exit_code: "host not ready (packages, box, memory, GPUs)",  # and BoxError
+    ProviderError.exit_code: "up failed (Vagrant/libvirt)",
+    ProvisionError.exit_code: "provision failed",
+    IdempotenceError.exit_code: "idempotence failed",
+    VerifyError.exit_code: "verify failed",
+    DestroyError.exit_code: "destroy left something behind",
+    UnreachableError.exit_code: "nodes unreachable (infrastructure, after retries; not about the roles)",
+    PromotionRefused.exit_code: "promote refused: no green rehearsal",
+    Interrupted.exit_code: "interrupted",
+}
