@@ -2,7 +2,7 @@
 `harness bundle build` (harness.apt_bundle_build) and used by an `offline:` scenario or a real
 air-gapped site. This module knows its layout and checks it.
 
-Layout (README "Offline runs: the apt bundle"), a flat repository (`deb URL ./`):
+Layout (docs/offline.md, "Offline runs: the apt bundle"), a flat repository (`deb URL ./`):
 
     pool/*.deb         the packages
     Packages           their index (apt-ftparchive), SHA-256 of each .deb
@@ -40,7 +40,7 @@ POOL = "pool"
 KIND = "apt"
 # Files any of which marks a directory as an apt bundle (harness.bundle.detect_kind).
 MARKERS = (MANIFEST, INRELEASE, PACKAGES, KEY)
-README_SECTION = "README 'Offline runs: the apt bundle'"
+README_SECTION = "docs/offline.md 'Offline runs: the apt bundle'"
 REBUILD = "build it again with `harness bundle build SCENARIO --output DIR` after a green run"
 
 

@@ -37,7 +37,7 @@ def check(directory: Path) -> None:
     (key.gpg → InRelease → Packages → each .deb) and manifest.json against Packages. Exit 2
     naming every problem.
 
-    Layouts: README "Kubernetes (k3s from an air-gap bundle)", "Kubernetes from Debian's source (the
+    Layouts: docs/kubernetes.md, "Kubernetes (k3s from an air-gap bundle)", "Kubernetes from Debian's source (the
     server bundle)" and "Offline runs: the apt bundle"."""
     root = directory.expanduser().resolve()
     kind = bundle.detect_kind(root, KINDS)
@@ -67,7 +67,7 @@ def build(scenario: str, output: Path, report_dir: Path | None) -> None:
     """An apt bundle of exactly what a green run of SCENARIO installed on its nodes beyond the box:
     the .deb files (from the host's package cache), a signed flat repository (apt-ftparchive, a key
     made for this bundle and then destroyed), key.gpg, manifest.json and SHA256SUMS. Use it with
-    `offline: {bundle: DIR}` in a scenario, or serve it at a real site (README "Real hosts")."""
+    `offline: {bundle: DIR}` in a scenario, or serve it at a real site (docs/promotion.md, "Real hosts")."""
     from harness import apt_bundle_build
 
     sc = load_scenario(scenario, scenario_search_dirs())
@@ -95,7 +95,7 @@ def kubernetes(output: Path | None, keep_work: bool) -> None:
     (upstream v1.20.2 with vendor/) with Debian's Go: kube-apiserver, kube-controller-manager,
     kube-scheduler, kubelet, kube-proxy, kubeadm, the pause and busybox images, bundle.yml and
     SHA256SUMS, laid out like upstream's server release. Cached by source version and recipe
-    digest; a cold build takes long (README "Kubernetes from Debian's source (the server bundle)")."""
+    digest; a cold build takes long (docs/kubernetes.md, "Kubernetes from Debian's source (the server bundle)")."""
     import shutil
 
     from harness import k8s_server_build

@@ -1,7 +1,7 @@
 """The k3s air-gap bundle: what a Kubernetes scenario installs on nodes that reach no registry and
 no internet, checked before any VM boots.
 
-Layout (README "Kubernetes (k3s from an air-gap bundle)"):
+Layout (docs/kubernetes.md, "Kubernetes (k3s from an air-gap bundle)"):
 
     k3s                                  the k3s binary of the release (asset `k3s`, or `k3s-arm64`)
     k3s-airgap-images-<arch>.tar.zst     the release's system images (pause, CoreDNS, busybox, ...)
@@ -51,7 +51,7 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 DEVICE_PLUGIN = "nvidia-device-plugin"
 GPU_LABEL = "nvidia.com/gpu.present"
 DEVICE_PLUGIN_SOURCE = "NVIDIA's k8s-device-plugin deployments/static/nvidia-device-plugin.yml (https://github.com/NVIDIA/k8s-device-plugin)"
-README_SECTION = "README 'Kubernetes (k3s from an air-gap bundle)'"
+README_SECTION = "docs/kubernetes.md 'Kubernetes (k3s from an air-gap bundle)'"
 HOW_TO_GET = (
     f"Build one on a machine with internet access: from {RELEASES} (a release v{MIN_VERSION[0]}.{MIN_VERSION[1]} or "
     "later) download the assets `k3s` and `k3s-airgap-images-amd64.tar.zst`, add image tarballs for GPU nodes "

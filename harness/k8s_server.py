@@ -2,7 +2,7 @@
 without a registry, laid out like upstream's own server release (kubernetes-server-linux-amd64.tar.gz
 unpacked), so that a site can drop in its own release instead.
 
-Layout (README "Kubernetes from Debian's source (the server bundle)"):
+Layout (docs/kubernetes.md, "Kubernetes from Debian's source (the server bundle)"):
 
     kubernetes/server/bin/kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
                           kube-proxy, kubeadm          static linux binaries
@@ -35,7 +35,7 @@ from harness.errors import SpecError
 KIND: Literal["kubernetes-server"] = "kubernetes-server"
 MANIFEST = "bundle.yml"
 BIN_DIR = "kubernetes/server/bin"
-README_SECTION = "README 'Kubernetes from Debian's source (the server bundle)'"
+README_SECTION = "docs/kubernetes.md 'Kubernetes from Debian's source (the server bundle)'"
 # Changed whenever the build steps change in a way the Recipe fields do not show: a new cache key.
 RECIPE_REVISION = 2
 # The Go import path the tree lives at in GOPATH mode (hack/lib/init.sh: KUBE_GO_PACKAGE).

@@ -9,7 +9,7 @@
   rule admits from run networks. No other server, no other open port.
 - roles/common points apt at it: the converge gets `common_apt_repository_url` and
   `common_apt_repository_key_file` (the bundle's key.gpg on this host) as extra vars, the same
-  variables a real air-gapped site sets (README "Real hosts"), and with them the repository is
+  variables a real air-gapped site sets (docs/promotion.md, "Real hosts"), and with them the repository is
   the node's only source.
 - Teardown removes the served copy; `harness gc` removes those of dead runs.
 """

@@ -13,7 +13,8 @@ DATA_DIR = PACKAGE_DIR / "data"
 TEMPLATES_DIR = DATA_DIR / "vagrant"
 BOX_RECIPES_DIR = TEMPLATES_DIR / "boxes"
 # The checkout (editable install). Installed from a wheel these directories do not exist: roles
-# come from the scenario's roles_path or the harness.cluster collection (README "Installing from a wheel").
+# come from the scenario's roles_path or the harness.cluster collection (docs/getting-started.md,
+# "Installing from a wheel").
 PROJECT_ROOT = PACKAGE_DIR.parent
 ROLES_DIR = PROJECT_ROOT / "roles"
 SCENARIOS_DIR = PROJECT_ROOT / "scenarios"

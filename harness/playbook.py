@@ -2,7 +2,7 @@
 collections it uses (installed offline, cached by content) and a syntax check that resolves every
 role and module.
 
-Role resolution order (README "Roles and collections"): the playbook's own `roles/` directory
+Role resolution order (docs/roles-and-collections.md): the playbook's own `roles/` directory
 (Ansible's rule), then the scenario's `provision.roles_path` in its order, then the roles of its
 requirements file (`provision.collections`, `roles:`), then this harness's `roles/` last. The
 user's role always wins over ours of the same name, and the user's copy of a collection over the

@@ -269,7 +269,7 @@ def _pydantic_problems(exc: ValidationError) -> list[str]:
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in {"int", "str"})))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see README 'Scenario reference')"
+            msg = "unknown key (check the spelling; see docs/scenarios.md)"
         problems.append(f"{_key_path(loc)}: {msg}")
     return sorted(set(problems), key=problems.index)
 
@@ -414,7 +414,7 @@ def parse_scenario(text: str, source: Path) -> Scenario:
     if not isinstance(data, dict):
         raise SpecError(str(source), ["(top level): expected a mapping with keys name, nodes, ..."])
     if "source" in data:
-        raise SpecError(str(source), ["source: unknown key (check the spelling; see README 'Scenario reference')"])
+        raise SpecError(str(source), ["source: unknown key (check the spelling; see docs/scenarios.md)"])
     return validate_scenario({**data, "source": source.resolve()}, source)
 
 
