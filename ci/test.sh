@@ -19,16 +19,14 @@ PATH="$PWD/.venv/bin:$PATH" .venv/bin/ansible-lint --offline roles scenarios/*/s
 .venv/bin/check-jsonschema --builtin-schema vendor.gitlab-ci --data-transform gitlab-ci ci/gitlab/nightly.yml
 # The harness from a wheel, outside this checkout; the roles as the harness.cluster collection.
 ./ci/wheel-check.sh
-# The unit tests that run real ansible-playbook, on the oldest supported ansible-core (the harness
-# runs the ansible-playbook beside its Python); everything below runs on .venv's newest.
-if [ $# -eq 0 ]; then
-  .venv-ansible-oldest/bin/python -m pytest -m ansible -n "${HARNESS_UNIT_WORKERS:-auto}" -p no:cacheprovider tests/unit
-fi
-# Unit tests on every core (pytest-xdist; about 2 min instead of 3.5 on 2 cores), then the VM tests
-# in one process (they share the host's libvirt and CPU; side by side they only slow each other).
 # Given a test path, run just that, in one process.
 for arg in "$@"; do
   case "$arg" in -*) ;; *) exec .venv/bin/python -m pytest "$@" ;; esac
 done
+# The unit tests that run real ansible-playbook, on the oldest supported ansible-core (the harness
+# runs the ansible-playbook beside its Python); everything below runs on .venv's newest.
+.venv-ansible-oldest/bin/python -m pytest -m ansible -n "${HARNESS_UNIT_WORKERS:-auto}" -p no:cacheprovider -q tests/unit
+# Unit tests on every core (pytest-xdist; about 2 min instead of 3.5 on 2 cores), then the VM tests
+# in one process (they share the host's libvirt and CPU; side by side they only slow each other).
 .venv/bin/python -m pytest tests/unit -n "${HARNESS_UNIT_WORKERS:-auto}" "$@"
 exec .venv/bin/python -m pytest tests/vm "$@"
