@@ -12,6 +12,7 @@ disturbing ones run one after another, in one process."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
 import sys
@@ -310,11 +311,14 @@ def run_tests(
     `verify-junit.xml`, and one log, `logs/verify.log`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "logs" / "verify.log"
-    if ssh_config is not None:  # a run's VMs: its ssh_config shares the connections
-        session = _Session(tests_dir, nodes, inventory, ssh_config, select, log_path, env or {})
-        return _passes(session, out_dir, quick, on_quick)
-    with site_ssh.shared_connections(inventory, tests_dir, env or {}) as sharing:
-        session = _Session(tests_dir, nodes, inventory, None, select, log_path, {**(env or {}), **sharing})
+    # A run's VMs: its ssh_config shares the connections. A site's hosts: site_ssh does.
+    sharing: contextlib.AbstractContextManager[dict[str, str]] = (
+        contextlib.nullcontext({})
+        if ssh_config is not None
+        else site_ssh.shared_connections(inventory, tests_dir, env or {})
+    )
+    with sharing as extra:
+        session = _Session(tests_dir, nodes, inventory, ssh_config, select, log_path, {**(env or {}), **extra})
         return _passes(session, out_dir, quick, on_quick)
 
 
