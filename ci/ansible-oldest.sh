@@ -7,8 +7,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=${ANSIBLE_CORE_OLDEST:-2.17.14}
+# What the overlay holds besides ansible-core: the dependencies whose range in this ansible-core is
+# narrower than the newest's, so .venv's copy may be too new (ansible-galaxy 2.17 refuses
+# resolvelib >= 1.1, which a fresh .venv on 2.19 gets).
+extra=("resolvelib>=0.5.3,<1.1.0")
 venv=.venv-ansible-oldest
-if [ -x "$venv/bin/ansible-playbook" ] && "$venv/bin/ansible-playbook" --version | grep -q "core $version\]"; then
+stamp="$venv/.harness-overlay"
+want="ansible-core==$version ${extra[*]}"
+if [ -x "$venv/bin/ansible-playbook" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   exit 0
 fi
 rm -rf "$venv"
@@ -18,5 +24,26 @@ own=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pure
 echo "import site; site.addsitedir('$base')" >"$own/zz_harness_base.pth"
 # --ignore-installed: .venv's ansible-core is visible here too. --no-deps: its dependencies
 # (jinja2, PyYAML, cryptography, resolvelib, ...) are .venv's.
-.venv/bin/pip --python "$venv/bin/python" install -q --no-deps --ignore-installed "ansible-core==$version"
+.venv/bin/pip --python "$venv/bin/python" install -q --no-deps --ignore-installed "ansible-core==$version" "${extra[@]}"
+# Every requirement of this ansible-core must be met by the overlay or .venv beneath it.
+"$venv/bin/python" - "$version" <<'PY'
+import sys
+from importlib.metadata import requires, version
+from packaging.requirements import Requirement
+bad = []
+for line in requires("ansible-core") or []:
+    req = Requirement(line)
+    if req.marker and not req.marker.evaluate():
+        continue
+    try:
+        have = version(req.name)
+    except Exception:
+        bad.append(f"{req} (missing)")
+        continue
+    if not req.specifier.contains(have, prereleases=True):
+        bad.append(f"{req} (have {have})")
+if bad:
+    sys.exit(f"ci/ansible-oldest.sh: ansible-core {sys.argv[1]} needs " + ", ".join(bad) + ": add them to extra=()")
+PY
+echo "$want" >"$stamp"
 "$venv/bin/ansible-playbook" --version | head -1
