@@ -29,7 +29,7 @@ from urllib.parse import quote
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness import bundle
+from harness import bundle, k8s_server
 from harness.errors import HostError, SpecError
 from harness.spec import Scenario, group_name_problem
 
@@ -331,23 +331,39 @@ def check_bundle(root: Path) -> K3sBundle:
     return K3sBundle(root, manifest, files)
 
 
+def _upstream(scenario: Scenario) -> bool:
+    return scenario.kubernetes is not None and scenario.kubernetes.distribution == "upstream"
+
+
 def bundle_dir(scenario: Scenario) -> tuple[Path | None, str]:
     """The bundle directory a scenario uses (None: none given) and where that came from."""
     if scenario.kubernetes is None:
         return None, ""
     if scenario.kubernetes.bundle is not None:
         return scenario.resolve(scenario.kubernetes.bundle), f"kubernetes.bundle in {scenario.source}"
+    if _upstream(scenario):
+        from harness import k8s_server_build
+
+        return k8s_server_build.cache_root() / k8s_server.Recipe().cache_key(), "the harness cache"
     env = os.environ.get(ENV, "").strip()
     return (Path(env).expanduser().resolve(), ENV) if env else (None, "")
 
 
-def preflight(scenario: Scenario) -> K3sBundle | None:
+def preflight(scenario: Scenario) -> K3sBundle | k8s_server.ServerBundle | None:
     """Before anything is created: the scenario's bundle, checked (None for a scenario without
     `kubernetes:`). HostError (exit 3) when none is given or it is not there; SpecError (exit 2)
     when it is there but broken."""
     if scenario.kubernetes is None:
         return None
     root, origin = bundle_dir(scenario)
+    if _upstream(scenario):
+        if root is None or not root.is_dir():
+            raise HostError(
+                f"scenario {scenario.name!r} installs upstream Kubernetes and needs a Kubernetes server bundle, but "
+                f"{root} (from {origin}) is not a directory: build it with `harness bundle kubernetes` (a cold build "
+                f"takes about 30 min) or set kubernetes.bundle in {scenario.source} (see {k8s_server.README_SECTION})"
+            )
+        return k8s_server.check_bundle(root)
     if root is None:
         raise HostError(
             f"scenario {scenario.name!r} installs Kubernetes (k3s) and needs a k3s air-gap bundle, but none is given: "
@@ -359,6 +375,9 @@ def preflight(scenario: Scenario) -> K3sBundle | None:
 
 
 def extra_vars(scenario: Scenario) -> dict[str, str]:
-    """The variables a converge passes to roles/k3s: the bundle directory on this host."""
+    """The variables a converge passes to the role: the bundle directory on this host
+    (roles/k3s: k3s_bundle_dir; roles/kubernetes: kubernetes_bundle_dir)."""
     root, _origin = bundle_dir(scenario)
-    return {"k3s_bundle_dir": str(root)} if root is not None else {}
+    if root is None:
+        return {}
+    return {"kubernetes_bundle_dir" if _upstream(scenario) else "k3s_bundle_dir": str(root)}

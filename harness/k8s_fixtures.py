@@ -14,7 +14,7 @@ import copy
 import ipaddress
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -31,7 +31,7 @@ from kubernetes.client import (
 )
 from kubernetes.client.exceptions import ApiException
 
-from harness.k8s_checks import GPU_RESOURCE, format_events, wait_for
+from harness.k8s_checks import GPU_RESOURCE, format_events, not_ready, wait_for
 
 KUBECONFIG_PATH = "/etc/rancher/k3s/k3s.yaml"
 BUNDLE_RECORD = "/etc/rancher/k3s/bundle.yml"  # bundle.yml of the bundle the cluster came from (roles/k3s)
@@ -40,6 +40,7 @@ SERVER_GROUP = "mgmt"
 # Seconds for a pod to run to completion or become ready: image import and first start of a pod
 # take long on an emulated (TCG) node.
 POD_TIMEOUT = 300.0
+NODE_TIMEOUT = 300.0  # seconds for every node to be registered and Ready
 REQUEST_TIMEOUT = 30  # seconds for one API call
 LOG_LINES = 50
 
@@ -130,6 +131,23 @@ class Kube:
         return (
             f"{head}\n--- events of {pod} ---\n{self.events(namespace, pod)}\n"
             f"--- last {LOG_LINES} log lines of {pod} ---\n{self.logs(namespace, pod)}"
+        )
+
+    def wait_nodes_ready(self, expected: Iterable[str], timeout: float = NODE_TIMEOUT) -> None:
+        """Wait until every node in `expected` is registered and Ready; fail naming the others and the events."""
+        __tracebackhide__ = True
+        names = sorted(set(expected))
+
+        def missing() -> list[str]:
+            return not_ready(self.core.list_node(_request_timeout=REQUEST_TIMEOUT), names)
+
+        wait_for(
+            lambda: not missing(),
+            timeout=timeout,
+            what=f"nodes {', '.join(names)} to be Ready",
+            diagnose=lambda: "not ready: " + ", ".join(missing()) + "\n" + self.events("default"),
+            clock=self.clock,
+            sleep=self.sleep,
         )
 
     def create_pod(self, namespace: str, manifest: Mapping[str, Any]) -> str:
@@ -223,11 +241,23 @@ def k8s_server(cluster: Any, k8s_server_group: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def kubeconfig(cluster: Any, k8s_server: str) -> dict[str, Any]:
+def k8s_kubeconfig_path() -> str:
+    """Where the server keeps the admin kubeconfig (k3s's; roles/kubernetes: /etc/kubernetes/admin.conf)."""
+    return KUBECONFIG_PATH
+
+
+@pytest.fixture(scope="session")
+def k8s_bundle_record_path() -> str:
+    """Where the server keeps bundle.yml of the bundle it came from (roles/k3s's; override in a conftest)."""
+    return BUNDLE_RECORD
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(cluster: Any, k8s_server: str, k8s_kubeconfig_path: str) -> dict[str, Any]:
     """The server's kubeconfig (admin), pointed at its private IP."""
-    raw = yaml.safe_load(cluster.read_file(k8s_server, KUBECONFIG_PATH))
+    raw = yaml.safe_load(cluster.read_file(k8s_server, k8s_kubeconfig_path))
     if not isinstance(raw, dict):
-        pytest.fail(f"{KUBECONFIG_PATH} on {k8s_server} is not a kubeconfig", pytrace=False)
+        pytest.fail(f"{k8s_kubeconfig_path} on {k8s_server} is not a kubeconfig", pytrace=False)
     return rewrite_kubeconfig(raw, api_url(cluster.private_ip(k8s_server)))
 
 
@@ -241,9 +271,9 @@ def kube(kubeconfig: dict[str, Any]) -> Iterator[Kube]:
 
 
 @pytest.fixture(scope="session")
-def k8s_bundle_record(cluster: Any, k8s_server: str) -> dict[str, Any]:
+def k8s_bundle_record(cluster: Any, k8s_server: str, k8s_bundle_record_path: str) -> dict[str, Any]:
     """bundle.yml of the bundle the cluster was installed from ({} when the server has none)."""
-    res = cluster.run(k8s_server, "sudo cat %s", BUNDLE_RECORD)
+    res = cluster.run(k8s_server, "sudo cat %s", k8s_bundle_record_path)
     data = yaml.safe_load(res.stdout) if res.ok else None
     return data if isinstance(data, dict) else {}
 

@@ -163,9 +163,12 @@ class ProvisionSpec(_Model):
 
 
 class KubernetesSpec(_Model):
-    """`kubernetes:`: the scenario installs k3s from an air-gap bundle (harness.k8s_bundle checks it
-    before anything boots). Without `bundle`, the directory in HARNESS_K3S_BUNDLE."""
+    """`kubernetes:`: the scenario installs Kubernetes from a bundle (harness.k8s_bundle checks it
+    before anything boots). `k3s`: a k3s air-gap bundle, without `bundle` the directory in
+    HARNESS_K3S_BUNDLE (roles/k3s). `upstream`: a Kubernetes server bundle, without `bundle` the one
+    `harness bundle kubernetes` keeps in the harness cache (roles/kubernetes)."""
 
+    distribution: Literal["k3s", "upstream"] = "k3s"
     bundle: Path | None = None
 
 

@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import pytest
 import yaml
-from kubernetes.client import ApiClient, Configuration, CoreV1EventList, V1Pod
+from kubernetes.client import ApiClient, Configuration, CoreV1EventList, V1NodeList, V1Pod
 
 from harness import k8s_fixtures as kf
 
@@ -133,6 +133,28 @@ def test_start_pod_returns_the_running_pod_with_its_ip() -> None:
     core.answers = [core.answers[0], V1Pod.from_dict(running)]
     pod = _kube(core).start_pod("ns", kf.pod_manifest("server-1", "busybox", ["httpd"], restart_policy="Always"))
     assert pod.status is not None and pod.status.pod_ip == "10.42.1.9"
+
+
+class FakeNodes(FakeCore):
+    """CoreV1Api listing nodes: gpu01 Ready only from the second listing on; gpu02 never registers."""
+
+    def __init__(self) -> None:
+        super().__init__(["pending"])
+        self.listings = 0
+
+    def list_node(self, **_: Any) -> V1NodeList:
+        self.listings += 1
+        ready = "True" if self.listings > 1 else "False"
+        node = {"metadata": {"name": "gpu01"}, "status": {"conditions": [{"type": "Ready", "status": ready}]}}
+        return cast(V1NodeList, V1NodeList.from_dict({"items": [node]}))
+
+
+def test_wait_nodes_ready_waits_for_every_node_and_names_the_missing() -> None:
+    core = FakeNodes()
+    _kube(core).wait_nodes_ready(["gpu01"])
+    assert core.listings == 2
+    with pytest.raises(pytest.fail.Exception, match=r"nodes gpu01, gpu02 to be Ready[\s\S]*not ready: gpu02"):
+        _kube(FakeNodes()).wait_nodes_ready(["gpu02", "gpu01"])
 
 
 def test_the_k8s_scenario_tests_collect_and_are_the_ones_the_vm_test_requires() -> None:

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import bundle, k8s_server, k8s_server_build, oci_image, proc
+from harness import bundle, k8s_bundle, k8s_server, k8s_server_build, oci_image, proc
 from harness.cli_bundle import KINDS
-from harness.errors import SpecError
+from harness.errors import HostError, SpecError
+from harness.spec import Scenario, parse_scenario
 
 RECIPE = k8s_server.Recipe()
 
@@ -122,6 +123,32 @@ def test_a_laid_out_bundle_checks_and_is_detected_as_its_kind(tmp_path: Path) ->
     result = k8s_server.check_bundle(root)
     assert result.files == 9 and result.images["pause"] == ["k8s.gcr.io/pause:3.2"]
     assert "v1.20.2" in result.summary() and "6 binaries" in result.summary()
+
+
+def _upstream_scenario(tmp_path: Path, extra: str = "") -> Scenario:
+    text = "name: kubernetes\nnodes:\n  - name: mgmt01\n    groups: [mgmt]\n"
+    return parse_scenario(text + f"kubernetes: {{distribution: upstream{extra}}}\n", tmp_path / "scenario.yml")
+
+
+def test_an_upstream_scenario_takes_the_cached_server_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    sc = _upstream_scenario(tmp_path)
+    with pytest.raises(HostError, match=r"harness bundle kubernetes") as info:
+        k8s_bundle.preflight(sc)
+    assert info.value.exit_code == 3
+    root = _layout(k8s_server_build.cache_root() / RECIPE.cache_key())
+    checked = k8s_bundle.preflight(sc)
+    assert isinstance(checked, k8s_server.ServerBundle) and checked.root == root
+    assert k8s_bundle.extra_vars(sc) == {"kubernetes_bundle_dir": str(root)}
+
+
+def test_an_upstream_scenario_with_its_own_bundle_checks_it_as_a_server_bundle(tmp_path: Path) -> None:
+    root = _layout(tmp_path / "site-release")
+    (root / k8s_server.BIN_DIR / "kubelet").write_bytes(b"tampered")
+    sc = _upstream_scenario(tmp_path, ", bundle: site-release")
+    with pytest.raises(SpecError, match=r"kubelet"):
+        k8s_bundle.preflight(sc)
+    assert k8s_bundle.extra_vars(sc) == {"kubernetes_bundle_dir": str(root)}
 
 
 def test_check_names_every_problem(tmp_path: Path) -> None:

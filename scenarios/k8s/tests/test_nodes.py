@@ -9,7 +9,6 @@ from harness.k8s_checks import (
     image_pull_failures,
     internal_ip,
     node_names,
-    not_ready,
     pod_problems,
     wait_for,
 )
@@ -25,18 +24,7 @@ def test_node_set_is_the_inventory(kube: Kube, k8s_server: str, agents: list[str
 
 
 def test_every_node_is_ready(kube: Kube, k8s_server: str, agents: list[str]) -> None:
-    expected = {k8s_server, *agents}
-    wait_for(
-        lambda: not not_ready(kube.core.list_node(_request_timeout=REQUEST_TIMEOUT), expected),
-        timeout=READY_TIMEOUT,
-        what=f"nodes {', '.join(sorted(expected))} to be Ready",
-        diagnose=lambda: (
-            "not ready: "
-            + ", ".join(not_ready(kube.core.list_node(_request_timeout=REQUEST_TIMEOUT), expected))
-            + "\n"
-            + kube.events("default")
-        ),
-    )
+    kube.wait_nodes_ready({k8s_server, *agents})
 
 
 def test_internal_ip_is_the_private_ip(kube: Kube, cluster: Any) -> None:
