@@ -157,14 +157,10 @@ def test_wait_nodes_ready_waits_for_every_node_and_names_the_missing() -> None:
         _kube(FakeNodes()).wait_nodes_ready(["gpu02", "gpu01"])
 
 
-def test_the_k8s_scenario_tests_collect_and_are_the_ones_the_vm_test_requires() -> None:
-    """scenarios/k8s/tests load with the harness plugin and harness.k8s_fixtures (no cluster needed to
-    collect), and tests/vm/test_k8s.py names every one of them, so a renamed test cannot pass unseen."""
-    from tests.vm.test_k8s import GPU_TESTS, REQUIRED_TESTS
-
+def _collected(tests_dir: str) -> set[str]:
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "harness.pytest_plugin", "scenarios/k8s/tests"],
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "harness.pytest_plugin", tests_dir],
         cwd=root,
         capture_output=True,
         text=True,
@@ -172,5 +168,19 @@ def test_the_k8s_scenario_tests_collect_and_are_the_ones_the_vm_test_requires() 
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    collected = {line.split("::", 1)[1].split("[", 1)[0] for line in proc.stdout.splitlines() if "::" in line}
-    assert collected == REQUIRED_TESTS | GPU_TESTS
+    return {line.split("::", 1)[1].split("[", 1)[0] for line in proc.stdout.splitlines() if "::" in line}
+
+
+def test_the_k8s_scenario_tests_collect_and_are_the_ones_the_vm_test_requires() -> None:
+    """scenarios/k8s/tests load with the harness plugin and harness.k8s_fixtures (no cluster needed to
+    collect), and tests/vm/test_k8s.py names every one of them, so a renamed test cannot pass unseen."""
+    from tests.vm.test_k8s import GPU_TESTS, REQUIRED_TESTS
+
+    assert _collected("scenarios/k8s/tests") == REQUIRED_TESTS | GPU_TESTS
+
+
+def test_the_kubernetes_scenario_tests_collect_and_are_the_ones_the_vm_test_requires() -> None:
+    """The same for scenarios/kubernetes/tests (upstream Kubernetes) and tests/vm/test_kubernetes.py."""
+    from tests.vm.test_kubernetes import REQUIRED_TESTS
+
+    assert _collected("scenarios/kubernetes/tests") == REQUIRED_TESTS
