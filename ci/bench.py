@@ -348,7 +348,7 @@ class Row:
     ok: bool
     phases: dict[str, tuple[str, float]]  # name → (status, seconds)
     total: float | None  # the full verdict: every phase run
-    quick: float | None  # the quick verdict: up, provision, idempotence and verify's first pass
+    quick: float | None  # the quick verdict: up, provision and the quick step (bench._quick)
     quick_pass: float | None  # verify's first pass alone, when verify ran two
     partial: bool | None  # summary.json's "partial"; None without a summary
     partial_phases: list[tuple[str, str, int]]  # (phase, detail, units or tests not run)
@@ -386,9 +386,15 @@ def _verdict(inv: Invocation | None, summary: dict[str, Any] | None) -> tuple[st
 
 
 def _quick(phases: dict[str, dict[str, Any]]) -> tuple[float | None, float | None]:
-    """(seconds to the quick verdict, verify's first pass alone): the phases before verify, then
+    """(seconds to the quick verdict, its pass alone): up, provision and the quick step where the run
+    had one (the quick verdict before the idempotence converge); else the phases before verify, then
     verify's first pass when it ran two (`quick_seconds`), else verify itself (one pass, or a
-    verdict carried over from the checkpoint). None when verify did not run."""
+    verdict carried over from the checkpoint). None when no test ran."""
+    step = phases.get("quick")
+    if step is not None and step.get("status") not in (None, "skipped"):  # its own step, before idempotence
+        own = float(step.get("seconds") or 0.0)
+        before = sum(float(phases[p].get("seconds") or 0.0) for p in ("up", "provision") if p in phases)
+        return before + own, own
     verify = phases.get("verify")
     if verify is None or verify.get("status") in (None, "skipped"):
         return None, None
@@ -544,7 +550,8 @@ def render(reports: Path) -> tuple[str, bool]:
         "Seconds are each phase's `phases.<name>.seconds` in `<loop>/summary.json`; `-` is skipped or absent.",
         "verify: the whole phase; in brackets its first pass alone (the tests not marked `disturbing`),",
         "when it ran two. full: the sum of the phases run (the full verdict; the naive loop's destroy",
-        "included); quick: up + provision + idempotence + verify's first pass (the quick verdict; verify",
+        "included); quick: up + provision + the quick step (the quick verdict, before the idempotence",
+        "converge); in a run without that step up + provision + idempotence + verify's first pass (verify",
         "itself when it ran one pass or carried its verdict over); x naive: full / the naive loop's full,",
         "quick x naive: quick / the naive loop's full (what a developer waits for without the inner",
         "loop; 0.20 is 5x faster). partial: `summary.json`",

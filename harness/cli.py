@@ -350,7 +350,11 @@ def run_cmd(
     quick: bool,
     full: bool,
 ) -> None:
-    """The whole lifecycle: validate → up → provision → idempotence → verify → destroy.
+    """The whole lifecycle: validate → up → provision → quick → idempotence → verify → destroy.
+
+    `quick` is the quick verdict (the tests not marked `disturbing`) on the first converge's state,
+    before the idempotence converge; when that converge changes nothing, verify runs only the
+    disturbing tests, else every test again.
 
     Destroys the cluster at the end, pass or fail, unless --keep. The exit code names the first
     failed phase (see `harness --help`)."""

@@ -1,12 +1,19 @@
 """The lifecycle, as one sequence of named steps:
 
-    validate → up → provision → idempotence → verify → destroy
+    validate → up → provision → quick → idempotence → verify → destroy
 
 `SEQUENCE` below is that list. Each step names the module that owns its work, the error (and so
 the exit code) its failure stands for, and when it runs; reports list the phases in this order,
 exit codes come from the first step that failed, and teardown (`destroy`) runs in `finally`
 unless the user keeps the cluster. Validation (the scenario file, then the playbook's roles and
 modules) happens before anything exists, so bad input costs seconds, not a boot.
+
+`quick` is the quick verdict, as early as it can be: the tests not marked disturbing, on the
+first converge's state, before the idempotence converge. When that converge then changes nothing,
+the state they saw is the state it proved stable, so verify runs only the disturbing tests and its
+verdict is both passes; when it changed anything (or did not run), verify runs every test again.
+Either way verify's verdict is the one a run in the plain order would give, and the quick step
+never decides the exit code itself (a failure there is verify's too).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from harness import (
     report,
     rundir,
     scope,
+    verify,
 )
 from harness.errors import (
     DestroyError,
@@ -70,6 +78,7 @@ class RunContext:
     results: dict[str, report.PhaseResult] = field(default_factory=dict)
     reset_to: str | None = None  # the checkpoint `up` reset the kept cluster to
     scope: scope.ScopeState | None = None  # the inner loop's plan on top of `converged`
+    quick_pass: verify.VerifyResult | None = None  # what the quick step ran, for verify to complete
 
     def passed(self, name: str) -> bool:
         return name in self.results and self.results[name].status == "passed"
@@ -86,6 +95,7 @@ class Step:
     error: type[HarnessError]  # a failure of this step exits with this error's code
     applies: Callable[[RunContext], bool]  # False: reported as skipped
     work: Callable[[RunContext], report.PhaseResult]
+    verdict: bool = True  # False: reported, but never the exit code (a later step carries its failures)
 
 
 def _timed(name: str, fn: Callable[[], object]) -> report.PhaseResult:
@@ -217,12 +227,36 @@ def _carried_verify(ctx: RunContext) -> report.PhaseResult | None:
     return report.PhaseResult("verify", "passed", 0.0, detail=detail, partial=True)
 
 
+def _quick(ctx: RunContext) -> report.PhaseResult:
+    """The tests not marked disturbing, on the first converge's state: the quick verdict, said and
+    recorded before the idempotence converge. Never partial itself (verify completes it) and never
+    the exit code (verify carries its failures)."""
+    ctx.on_progress("quick", "running the tests not marked disturbing, before the idempotence converge")
+
+    def said(_phase: str, msg: str) -> None:
+        ctx.on_progress("quick", msg)
+
+    phase, result = phases.verify_phase(ctx.live_run(), ctx.scenario, ctx.select, said, quick=True)
+    ctx.quick_pass = result if result is not None and result.junit is not None else None
+    if result is None:
+        return report.PhaseResult("quick", phase.status, phase.seconds, phase.failures, phase.detail)
+    left = len(result.disturbing) if result.partial else 0
+    detail = f"quick verdict: {result.counts}" + (f"; {left} disturbing test(s) left for verify" if left else "")
+    if phase.retries:
+        detail += f" (after {len(phase.retries)} retr{'y' if len(phase.retries) == 1 else 'ies'})"
+    return report.PhaseResult("quick", phase.status, phase.seconds, phase.failures, detail, retries=phase.retries)
+
+
 def _verify(ctx: RunContext) -> report.PhaseResult:
     carried = _carried_verify(ctx)
     if carried is not None:
         return carried
+    # The quick verdict holds where the idempotence converge changed nothing after it.
+    after = ctx.quick_pass if ctx.passed("idempotence") else None
+    if ctx.quick_pass is not None and after is None:
+        ctx.on_progress("verify", "the idempotence converge did not pass: every test runs again on the final state")
     ctx.on_progress("verify", "running the scenario's tests")
-    result = phases.verify_phase(ctx.live_run(), ctx.scenario, ctx.select, ctx.on_progress, ctx.quick)[0]
+    result = phases.verify_phase(ctx.live_run(), ctx.scenario, ctx.select, ctx.on_progress, ctx.quick, after)[0]
     if result.status == "passed" and ctx.select is None and ctx.scenario.provision is not None and not ctx.quick:
         if ctx.passed("idempotence") or (ctx.scope is not None and ctx.scope.cutoff):
             phases.mark_verified(ctx.live_run(), ctx.scenario, result.detail)
@@ -249,6 +283,16 @@ def _wants_idempotence(ctx: RunContext) -> bool:
     return wanted and ctx.passed("provision")
 
 
+def _wants_quick(ctx: RunContext) -> bool:
+    """Before an idempotence converge that will run, when there are tests (not a Molecule verify
+    playbook, which runs with verify): otherwise verify itself gives the quick verdict first."""
+    if ctx.scenario.provision is None or ctx.scenario.tests is None or ctx.scenario.provision.verify_playbook:
+        return False
+    if ctx.scope is not None and ctx.scope.cutoff:
+        return False
+    return _wants_idempotence(ctx) and _wants_verify(ctx)
+
+
 def _wants_verify(ctx: RunContext) -> bool:
     """The tests run on a converged cluster, also when the second converge changed something:
     whether the cluster works is worth knowing either way."""
@@ -262,6 +306,7 @@ def _wants_verify(ctx: RunContext) -> bool:
 SEQUENCE: tuple[Step, ...] = (
     Step("up", "harness.nodes", ProviderError, lambda ctx: True, _up),
     Step("provision", "harness.phases", ProvisionError, _wants_provision, _provision),
+    Step("quick", "harness.verify", VerifyError, _wants_quick, _quick, verdict=False),
     Step("idempotence", "harness.phases", IdempotenceError, _wants_idempotence, _idempotence),
     Step("verify", "harness.phases", VerifyError, _wants_verify, _verify),
     Step("destroy", "harness.nodes", DestroyError, lambda ctx: not ctx.keep, _destroy),
@@ -355,7 +400,7 @@ def run_scenario(
 def first_failure(rep: report.RunReport) -> HarnessError | None:
     """The error for the first failed phase in sequence order (its class carries the exit code)."""
     for ph in rep.all_phases():
-        if ph.status not in ("failed", "unreachable"):
+        if ph.status not in ("failed", "unreachable") or (ph.name in _BY_NAME and not _BY_NAME[ph.name].verdict):
             continue
         detail = "\n".join(f"  - {f.name}: {f.message}" for f in ph.failures[:20])
         if ph.status == "unreachable":

@@ -323,9 +323,10 @@ def verify_phase(
     select: str | None = None,
     on_progress: ProgressFn | None = None,
     quick: bool = False,
+    after: verify.VerifyResult | None = None,
 ) -> tuple[PhaseResult, verify.VerifyResult | None]:
     """The scenario's tests on the run's nodes (verify_on)."""
-    return verify_on(target(run, scenario), scenario, select, on_progress, quick)
+    return verify_on(target(run, scenario), scenario, select, on_progress, quick, after)
 
 
 def verify_on(
@@ -334,10 +335,12 @@ def verify_on(
     select: str | None = None,
     on_progress: ProgressFn | None = None,
     quick: bool = False,
+    after: verify.VerifyResult | None = None,
 ) -> tuple[PhaseResult, verify.VerifyResult | None]:
     """The scenario's tests on the target's hosts (a run's VMs or a site's hosts): the quick
     verdict (tests not marked disturbing) first, said as soon as it is in, then the disturbing ones;
-    with `quick` only the first, recorded as a partial verdict. On a run's VMs, when every failure
+    with `quick` only the first, recorded as a partial verdict. `after`: that quick verdict, run
+    earlier on the same state (`verify.run_tests`): only what it left out runs. On a run's VMs, when every failure
     is a node that did not answer SSH, wait for the nodes (bounded), close shared connections and
     run the tests once more; still unreachable is reported as such (an infrastructure failure),
     never as failed tests."""
@@ -369,8 +372,12 @@ def verify_on(
             select=select,
             quick=quick,
             on_quick=said,
+            after=after,
         )
 
+    if after is not None and after.partial and not quick:
+        left = len(after.disturbing)
+        say("verify", f"the quick verdict holds ({after.counts}): running the {left} disturbing test(s) it left")
     result = run_once()
     seconds = result.seconds
     retries: list[str] = []
@@ -395,6 +402,9 @@ def verify_on(
     phase = PhaseResult(
         "verify", status, seconds, failures, detail, result.junit, retries, result.partial, result.not_run
     )
-    if result.quick is not None and not result.partial:  # two passes: the first one's seconds
+    if after is not None:  # the quick pass ran (and was timed) in its own step: only what ran here
+        phase.seconds = max(0.0, seconds - after.seconds)
+        phase.detail += "; the quick verdict's tests ran before the idempotence converge, which changed nothing"
+    elif result.quick is not None and not result.partial:  # two passes: the first one's seconds
         phase.quick_seconds = result.quick.seconds
     return phase, result

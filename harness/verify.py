@@ -304,11 +304,17 @@ def run_tests(
     quick: bool = False,
     on_quick: Callable[[VerifyResult], None] | None = None,
     env: Mapping[str, str] | None = None,
+    after: VerifyResult | None = None,
 ) -> VerifyResult:
     """The scenario's tests. With tests marked disturbing: those not marked first (`on_quick` gets
     that quick verdict, its `disturbing` filled in, as soon as it is in), then the disturbing ones,
     unless `quick`: then the result is the quick verdict, marked partial. Either way one JUnit file,
-    `verify-junit.xml`, and one log, `logs/verify.log`."""
+    `verify-junit.xml`, and one log, `logs/verify.log`.
+
+    `after`: a quick verdict (`quick=True`) run earlier on the same state; only what it left out
+    runs now, and the result is both passes, as if they had run in one call."""
+    if after is not None and (quick or not after.partial):
+        return after  # nothing left to run: it was every test, or the quick verdict is all that is asked
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "logs" / "verify.log"
     # A run's VMs: its ssh_config shares the connections. A site's hosts: site_ssh does.
@@ -319,7 +325,17 @@ def run_tests(
     )
     with sharing as extra:
         session = _Session(tests_dir, nodes, inventory, ssh_config, select, log_path, {**(env or {}), **extra})
+        if after is not None:
+            return _rest(session, out_dir, after)
         return _passes(session, out_dir, quick, on_quick)
+
+
+def _rest(session: _Session, out_dir: Path, after: VerifyResult) -> VerifyResult:
+    """The disturbing tests a partial quick verdict left out, then both passes as one verdict."""
+    first = after.quick if after.quick is not None else after
+    rest = session.run_pass(out_dir / "verify-junit-disturbing.xml", DISTURBING)
+    both = _both(first, rest, out_dir / JUNIT_FILE, after.seconds + rest.seconds)
+    return _collected_any(both, session.tests_dir, session.select)
 
 
 def _passes(

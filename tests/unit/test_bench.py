@@ -235,3 +235,17 @@ def test_smoke_has_no_late_role_apart_from_common(tmp_path: Path, capsys: pytest
 
     assert bench.main(["late-role", str(tmp_path / "R")]) == 3
     assert capsys.readouterr().out.startswith("not applicable: the playbook's last play with roles runs 'common'")
+
+
+def test_the_quick_verdict_of_a_run_with_a_quick_step_is_up_provision_and_that_step() -> None:
+    """Today's runs give the quick verdict before the idempotence converge, in a step of its own:
+    idempotence and verify come after it and are not part of the wait."""
+    phases = {
+        "up": _phase(300.0),
+        "provision": _phase(850.0),
+        "quick": _phase(70.0),
+        "idempotence": _phase(160.0),
+        "verify": _phase(250.0),
+    }
+    assert bench._quick(phases) == (1220.0, 70.0)
+    assert bench._quick({**phases, "quick": _phase(0.0, "skipped")}) == (300.0 + 850.0 + 160.0 + 250.0, None)

@@ -38,14 +38,18 @@ def _steps(outcomes: dict[str, str], ran: list[str], interrupt: str | None = Non
 
         return do
 
-    return tuple(lifecycle.Step(s.name, s.owner, s.error, s.applies, work(s.name)) for s in lifecycle.SEQUENCE)
+    return tuple(
+        lifecycle.Step(s.name, s.owner, s.error, s.applies, work(s.name), s.verdict) for s in lifecycle.SEQUENCE
+    )
 
 
 def test_the_sequence_is_one_list_in_lifecycle_order() -> None:
-    assert lifecycle.PHASES == ("up", "provision", "idempotence", "verify", "destroy")
+    assert lifecycle.PHASES == ("up", "provision", "quick", "idempotence", "verify", "destroy")
     assert [s.error for s in lifecycle.SEQUENCE] == [
-        ProviderError, ProvisionError, IdempotenceError, VerifyError, DestroyError
+        ProviderError, ProvisionError, VerifyError, IdempotenceError, VerifyError, DestroyError
     ]  # fmt: skip
+    # The quick verdict is reported, never the exit code: verify carries its failures.
+    assert [s.name for s in lifecycle.SEQUENCE if not s.verdict] == ["quick"]
 
 
 @pytest.mark.parametrize(
@@ -74,6 +78,21 @@ def test_a_failing_step_gives_its_exit_code_dependent_steps_skip_teardown_runs(
     assert err is not None and err.exit_code == exit_code and f"{failing} went wrong" in str(err)
 
 
+def test_a_failed_quick_verdict_never_decides_the_exit_code_the_steps_after_it_do(tmp_path: Path) -> None:
+    """The quick verdict comes before the idempotence converge, but a run with failing tests and a
+    non-idempotent converge exits as the plain order would: idempotence first."""
+    ran: list[str] = []
+    rep = lifecycle.execute(
+        _steps({"quick": "failed", "idempotence": "failed", "verify": "failed"}, ran), _ctx(tmp_path)
+    )
+    assert ran == ["up", "provision", "quick", "idempotence", "verify", "destroy"]
+    err = lifecycle.first_failure(rep)
+    assert err is not None and err.exit_code == 12
+    ran.clear()
+    rep = lifecycle.execute(_steps({"quick": "failed"}, ran), _ctx(tmp_path))
+    assert rep.phase("quick").status == "failed" and lifecycle.first_failure(rep) is None
+
+
 def test_unreachable_is_its_own_exit_code_and_stops_the_sequence(tmp_path: Path) -> None:
     ran: list[str] = []
     rep = lifecycle.execute(_steps({"provision": "unreachable"}, ran), _ctx(tmp_path))
@@ -95,7 +114,7 @@ def test_keep_skips_only_teardown(tmp_path: Path) -> None:
     destroy = lifecycle.SEQUENCE[-1]
     steps = (*steps[:-1], lifecycle.Step("destroy", destroy.owner, destroy.error, destroy.applies, steps[-1].work))
     rep = lifecycle.execute(steps, _ctx(tmp_path, keep=True))
-    assert ran == ["up", "provision", "idempotence", "verify"]
+    assert ran == ["up", "provision", "quick", "idempotence", "verify"]
     assert rep.phase("destroy").status == "skipped" and lifecycle.first_failure(rep) is None
 
 
@@ -108,7 +127,7 @@ def test_no_teardown_when_up_never_made_a_run(tmp_path: Path) -> None:
     )  # fmt: skip
     rep = lifecycle.execute((failing_up, *steps[1:]), _ctx(tmp_path))
     assert ran == [] and rep.run_id == ""
-    assert [p.status for p in rep.all_phases()] == ["failed", "skipped", "skipped", "skipped", "skipped"]
+    assert [p.status for p in rep.all_phases()] == ["failed", "skipped", "skipped", "skipped", "skipped", "skipped"]
 
 
 @pytest.mark.parametrize("keep", [False, True])
@@ -167,8 +186,10 @@ def _fake_phases(monkeypatch: pytest.MonkeyPatch, calls: list[str]) -> None:
         calls.append("idempotence")
         return report.PhaseResult("idempotence", "passed", 1.0)
 
-    def verify_phase(*args: Any, **kw: Any) -> tuple[report.PhaseResult, None]:
-        calls.append("verify")
+    def verify_phase(
+        run: Any, scenario: Any, select: Any = None, on_progress: Any = None, quick: bool = False, after: Any = None
+    ) -> tuple[report.PhaseResult, None]:
+        calls.append("verify:quick" if quick else "verify")
         return report.PhaseResult("verify", "passed", 1.0, detail="1 passed"), None
 
     monkeypatch.setattr(phases, "provision_phase", provision_phase)
@@ -179,7 +200,7 @@ def _fake_phases(monkeypatch: pytest.MonkeyPatch, calls: list[str]) -> None:
 
 def _steps_after_up(ctx: lifecycle.RunContext) -> dict[str, report.PhaseResult]:
     ctx.results["up"] = report.PhaseResult("up", "passed")
-    for step in lifecycle.SEQUENCE[1:4]:
+    for step in lifecycle.SEQUENCE[1:5]:
         ctx.results[step.name] = step.work(ctx) if step.applies(ctx) else report.PhaseResult(step.name, "skipped")
     return ctx.results
 
@@ -223,7 +244,7 @@ def test_full_or_an_unproven_checkpoint_converges_everything_twice_and_tests(
     ctx = _scoped_ctx(tmp_path, full=full)
     _record(ctx, idempotent=idempotent, verified_tests=scope.tests_digest(ctx.scenario))
     results = _steps_after_up(ctx)
-    assert calls == ["provision:full", "idempotence", "verify"]
+    assert calls == ["provision:full", "verify:quick", "idempotence", "verify"]
     assert not any(r.partial for r in results.values())
 
 

@@ -70,7 +70,7 @@ def test_summary_json_has_one_entry_per_phase_with_failures(tmp_path: Path) -> N
     assert data["scenario"] == "tiny"
     assert data["run_id"] == "20250101-abc"
     assert data["status"] == "failed"
-    assert list(data["phases"]) == ["up", "provision", "idempotence", "verify", "destroy"]
+    assert list(data["phases"]) == ["up", "provision", "quick", "idempotence", "verify", "destroy"]
     assert data["phases"]["up"] == {"status": "passed", "seconds": 62.4, "failures": [], "detail": "", "retries": []}
     assert data["phases"]["provision"]["detail"] == "2 hosts: ok=7 changed=3 failed=2"
     assert data["phases"]["idempotence"]["status"] == "skipped"
@@ -100,13 +100,13 @@ def test_junit_counts_and_testcases(tmp_path: Path) -> None:
     assert root.tag == "testsuites"
     [suite] = root.findall("testsuite")
     assert suite.get("name") == "tiny"
-    # up, idempotence, verify, destroy as phases; provision failed: its 2 failing tasks, counted once.
+    # up, quick, idempotence, verify, destroy as phases; provision failed: its 2 failing tasks, counted once.
     counts = [suite.get(a) for a in ("tests", "failures", "skipped", "errors")]
-    assert counts == ["6", "2", "2", "0"]
+    assert counts == ["7", "2", "3", "0"]
     assert float(suite.get("time", "0")) == pytest.approx(62.4 + 30.25 + 5.0)
-    assert root.get("tests") == "6" and root.get("failures") == "2"
+    assert root.get("tests") == "7" and root.get("failures") == "2"
     cases = {(c.get("classname"), c.get("name")): c for c in suite.findall("testcase")}
-    assert len(cases) == 6
+    assert len(cases) == 7
     assert cases[("tiny", "up")].find("failure") is None and cases[("tiny", "up")].get("time") == "62.400"
     assert cases[("tiny", "verify")].find("skipped") is not None
     assert ("tiny", "provision") not in cases
@@ -165,8 +165,9 @@ def test_junit_takes_every_verify_test_into_its_own_suite(tmp_path: Path) -> Non
     assert len(tests.findall("testcase")) == 11
     assert _counts(tests) == (11, 6, 0, 1)
     assert float(tests.get("time", "0")) == pytest.approx(12.5)
-    assert {c.get("name") for c in main.findall("testcase")} == {"up", "provision", "idempotence", "destroy"}
-    assert _counts(root) == (15, 6, 0, 3)  # 11 tests + up, provision, idempotence (skipped), destroy (skipped)
+    assert {c.get("name") for c in main.findall("testcase")} == {"up", "provision", "quick", "idempotence", "destroy"}
+    # 11 tests + up, provision, quick, idempotence (skipped), destroy (skipped)
+    assert _counts(root) == (16, 6, 0, 4)
     _assert_counts_match_testcases(root)
     bad = tests.find("testcase[@name='test_bad_0']/failure")
     assert bad is not None and bad.get("message") == "no"
@@ -239,13 +240,13 @@ def test_junit_failed_phase_without_named_failures_is_one_failed_case(tmp_path: 
 
     [suite] = root.findall("testsuite")
     cases = {(c.get("classname"), c.get("name")): c for c in suite.findall("testcase")}
-    assert len(cases) == 5  # every standard phase once
+    assert len(cases) == 6  # every standard phase once
     up = cases[("tiny", "up")]  # a failure named like its phase keeps the phase's test id
     assert up.get("time") == "3.000"
     assert up.find("failure") is not None and up.find("failure").get("message") == "vagrant up failed: no box"  # type: ignore[union-attr]
     idem = cases[("tiny", "idempotence")].find("failure")
     assert idem is not None and idem.get("message") == "phase idempotence failed"
-    assert _counts(root) == (5, 2, 0, 3)
+    assert _counts(root) == (6, 2, 0, 4)
     _assert_counts_match_testcases(root)
 
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from harness import lifecycle, phases, proc, report, verify
+from harness import lifecycle, node_packages, phases, proc, report, verify
 from harness.report import PhaseResult
+from harness.spec import parse_scenario
 from harness.verify import VerifyResult, pytest_argv, read_junit
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
@@ -374,3 +375,80 @@ def test_a_single_test_file_runs_without_workers(tmp_path: Path) -> None:
     assert three[three.index("-n") : three.index("-n") + 4] == ["-n", "3", "--dist", "loadfile"]
     # Collecting never needs workers.
     assert "-n" not in pytest_argv(tests, ["n1"], tmp_path / "c", None, None, collect_only=True, workers=3)
+
+
+# --- the quick verdict before the idempotence converge, verify completing it ----------------------
+
+
+def _split(root: Path, tests: Path) -> tuple[PhaseResult, VerifyResult, PhaseResult, VerifyResult]:
+    """The quick pass as the lifecycle's quick step runs it, then verify completing it."""
+    run: Any = SimpleNamespace(path=root / "run", nodes=["node01"], ssh_config=None)
+    scenario: Any = SimpleNamespace(
+        tests="tests", resolve=lambda p: tests, provision=None, source=root / "s.yml", base_dir=root, name="t"
+    )
+    quick_phase, first = phases.verify_phase(run, scenario, None, None, quick=True)
+    assert first is not None
+    full_phase, result = phases.verify_phase(run, scenario, None, None, after=first)
+    assert result is not None
+    return quick_phase, first, full_phase, result
+
+
+@pytest.mark.parametrize("with_faults", [True, False])
+def test_verify_completing_an_earlier_quick_verdict_is_the_verdict_of_one_verify(
+    tmp_path: Path, with_faults: bool
+) -> None:
+    """Split around the idempotence converge or not, the same tests give the same verdict, the same
+    failures and the same JUnit; and no test runs twice."""
+    _, plain, _ = _verify(tmp_path / "plain", _tests_dir(tmp_path / "plain", with_faults=with_faults))
+    root = tmp_path / "split"
+    _, first, phase, result = _split(root, _tests_dir(root, with_faults=with_faults))
+
+    assert (result.counts, result.rc, result.ok) == (plain.counts, plain.rc, plain.ok)
+    assert [f.name for f in result.failures] == [f.name for f in plain.failures]
+    assert (
+        read_junit(root / "run" / "verify-junit.xml")[:3]
+        == read_junit(tmp_path / "plain" / "run" / "verify-junit.xml")[:3]
+    )
+    assert phase.status == ("failed" if with_faults else "passed") and not phase.partial
+    runs = _pytest_runs(root)
+    if with_faults:  # collect, the quick pass (in the quick step), then only the disturbing pass
+        assert len(runs) == 3 and runs[1].endswith("-m not disturbing") and runs[2].endswith("-m disturbing")
+        assert first.partial and result.quick is not None and result.quick.counts == "2 passed, 0 failed, 1 skipped"
+    else:  # one pass was every test: verify carries it, no pytest of its own
+        assert len(runs) == 1 and not first.partial and result is first
+    # verify's seconds are its own (the quick pass was timed in its step), and it says what it carried
+    assert phase.seconds <= result.seconds - first.seconds + 0.001
+    assert "ran before the idempotence converge, which changed nothing" in phase.detail
+
+
+def test_the_quick_step_runs_the_quick_pass_and_verify_reruns_everything_after_a_changing_idempotence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lifecycle: the quick verdict before the idempotence converge; when that converge changed
+    something, the tests ran on a state that is gone, so verify runs every test again."""
+    tests = _tests_dir(tmp_path)
+    (tmp_path / "site.yml").write_text("- hosts: all\n  tasks: []\n")
+    scenario = parse_scenario(
+        "name: t\nnodes:\n  - name: node01\nprovision:\n  playbook: site.yml\ntests: tests\n", tmp_path / "s.yml"
+    )
+    assert scenario.tests is not None and scenario.resolve(scenario.tests) == tests
+    run: Any = SimpleNamespace(path=tmp_path / "run", nodes=["node01"], ssh_config=None, run_id="t-1")
+    monkeypatch.setattr(node_packages, "record_after_green", lambda *a, **k: None)
+    # the quick step: collect the disturbing ones, the quick pass; then verify: only the disturbing pass,
+    # or all three again
+    for idempotence, pytest_runs in (("passed", 2 + 1), ("failed", 2 + 3)):
+        ctx = lifecycle.RunContext(scenario, run=run)
+        ctx.results["up"] = report.PhaseResult("up", "passed")
+        ctx.results["provision"] = report.PhaseResult("provision", "passed")
+        (tmp_path / "run" / "logs" / "verify.log").unlink(missing_ok=True)
+        quick_step = next(s for s in lifecycle.SEQUENCE if s.name == "quick")
+        verify_step = next(s for s in lifecycle.SEQUENCE if s.name == "verify")
+        assert quick_step.applies(ctx)
+        quick = quick_step.work(ctx)
+        assert (quick.status, quick.partial) == ("passed", False), quick
+        assert quick.detail == "quick verdict: 2 passed, 0 failed, 1 skipped; 2 disturbing test(s) left for verify"
+        ctx.results["idempotence"] = report.PhaseResult("idempotence", idempotence)  # type: ignore[arg-type]
+        verdict = verify_step.work(ctx)
+        assert (verdict.status, verdict.partial) == ("failed", False)
+        assert verdict.detail.startswith("3 passed, 1 failed, 1 skipped")
+        assert len(_pytest_runs(tmp_path)) == pytest_runs, idempotence
