@@ -26,7 +26,32 @@ done
 # The unit tests that run real ansible-playbook, on the oldest supported ansible-core (the harness
 # runs the ansible-playbook beside its Python); everything below runs on .venv's newest.
 .venv-ansible-oldest/bin/python -m pytest -m ansible -n "${HARNESS_UNIT_WORKERS:-auto}" -p no:cacheprovider -q tests/unit
-# Unit tests on every core (pytest-xdist; about 2 min instead of 3.5 on 2 cores), then the VM tests
-# in one process (they share the host's libvirt and CPU; side by side they only slow each other).
+# Unit tests on every core (pytest-xdist; about 2 min instead of 3.5 on 2 cores), then the VM tests:
+# first those that must have the host to themselves, one after another; then two lanes at once, two
+# pytest processes (tests/vm/conftest.py LANES): slurm, and a few one-node runs beside it (slurm's
+# four VMs leave part of the cores idle). The slurm lane's output follows the other's.
+# HARNESS_VM_LANES=1 runs the lanes one after another instead.
 .venv/bin/python -m pytest tests/unit -n "${HARNESS_UNIT_WORKERS:-auto}" "$@"
-exec .venv/bin/python -m pytest tests/vm "$@"
+lane() { .venv/bin/python -c "from tests.vm.conftest import LANES; print(' '.join('tests/vm/' + f for f in LANES['$1']))"; }
+slurm_lane=$(lane slurm)
+beside_lane=$(lane beside-slurm)
+ignore=()
+for f in $slurm_lane $beside_lane; do ignore+=("--ignore=$f"); done
+rc=0
+.venv/bin/python -m pytest tests/vm "${ignore[@]}" "$@" || rc=$?
+if [ "${HARNESS_VM_LANES:-2}" = 1 ]; then
+  .venv/bin/python -m pytest $slurm_lane $beside_lane "$@" || rc=$?
+  exit $rc
+fi
+lanes=$(mktemp -d)
+trap '[ -n "${slurm_pid:-}" ] && kill "$slurm_pid" 2>/dev/null; rm -rf "$lanes"' EXIT
+# Each lane its own --basetemp: two pytest sessions never share or prune each other's temp dirs.
+.venv/bin/python -m pytest $slurm_lane --basetemp="$lanes/slurm" "$@" >"$lanes/slurm.log" 2>&1 &
+slurm_pid=$!
+.venv/bin/python -m pytest $beside_lane --basetemp="$lanes/beside" "$@" || rc=$?
+slurm_rc=0
+wait "$slurm_pid" || slurm_rc=$?
+echo "=== the slurm lane (ran beside the tests above) ==="
+cat "$lanes/slurm.log"
+[ "$slurm_rc" = 0 ] || rc=$slurm_rc
+exit $rc

@@ -45,6 +45,16 @@ def vm_ready() -> None:
     pytest.skip(f"VM tests need libvirt and the debian12 box: {problem}")
 
 
+# ci/test.sh runs these VM test files in two lanes at once, two pytest processes: slurm's four VMs
+# leave part of the host's cores idle (single-node plays, waits on jobs and SSH), and the
+# well-behaved one-node runs of the second lane fill it. Each lane runs its files one after another.
+# Every other VM test (what restarts libvirtd, kills the harness, or is timed alone) runs before, alone.
+LANES = {
+    "slurm": ("test_slurm.py",),
+    "beside-slurm": ("test_unreachable.py", "test_run_phases.py", "test_external_roles.py"),
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("vm") is not None:

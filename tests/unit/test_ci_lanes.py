@@ -1,0 +1,39 @@
+"""ci/test.sh runs two lanes of VM tests at once (tests/vm/conftest.py LANES): what may share the
+host with slurm is named, exists, and never restarts libvirtd, kills the harness or collects garbage."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.vm.conftest import LANES
+
+VM_TESTS = Path(__file__).resolve().parents[1] / "vm"
+# What a test that must have the host to itself does: restart or stop libvirt's daemons, kill the
+# harness (SIGKILL, then gc), remove other runs' objects.
+HOST_WIDE = re.compile(r"libvirtd|virtqemud|SIGKILL|signal\.SIG|\"gc\"|'gc'|sweep\.")
+
+
+def test_every_lane_file_exists_once_and_slurm_has_a_lane_of_its_own() -> None:
+    files = [f for lane in LANES.values() for f in lane]
+    assert len(files) == len(set(files))
+    assert LANES["slurm"] == ("test_slurm.py",)
+    for name in files:
+        assert (VM_TESTS / name).is_file(), name
+
+
+def test_nothing_beside_slurm_touches_what_the_whole_host_shares() -> None:
+    for name in LANES["beside-slurm"]:
+        text = (VM_TESTS / name).read_text()
+        assert not HOST_WIDE.search(text), (name, HOST_WIDE.search(text))
+
+
+def test_the_host_wide_tests_are_outside_the_lanes() -> None:
+    laned = {f for lane in LANES.values() for f in lane}
+    host_wide = {p.name for p in VM_TESTS.glob("test_*.py") if HOST_WIDE.search(p.read_text())}
+    assert host_wide and not host_wide & laned, host_wide & laned
+
+
+def test_ci_runs_the_lanes_from_that_list() -> None:
+    script = (VM_TESTS.parents[1] / "ci" / "test.sh").read_text()
+    assert "from tests.vm.conftest import LANES" in script and "--basetemp" in script
