@@ -14,6 +14,12 @@ the state they saw is the state it proved stable, so verify runs only the distur
 verdict is both passes; when it changed anything (or did not run), verify runs every test again.
 Either way verify's verdict is the one a run in the plain order would give, and the quick step
 never decides the exit code itself (a failure there is verify's too).
+
+Molecule's `side_effect` playbooks (provision.side_effect) run inside verify, after idempotence and
+before the tests, which then judge the state they leave: no quick step then, and a failed side
+effect is verify's failure. Its `cleanup` playbooks run inside destroy, before the teardown, also
+after a failed step (not after an interrupt, and not with --keep: Molecule cleans up only when it
+destroys); a failed cleanup fails destroy, whose exit code counts only when nothing failed before.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness import (
     __version__,
@@ -247,10 +254,38 @@ def _quick(ctx: RunContext) -> report.PhaseResult:
     return report.PhaseResult("quick", phase.status, phase.seconds, phase.failures, detail, retries=phase.retries)
 
 
+def _books(ctx: RunContext, kind: str) -> list[Path]:
+    """The scenario's side_effect or cleanup playbooks (Molecule's), or none."""
+    return list(getattr(ctx.scenario.provision, kind)) if ctx.scenario.provision is not None else []
+
+
+def _on_run(ctx: RunContext, phase: str, books: list[Path]) -> list[report.Failure]:
+    """Playbooks besides the converge on the run's VMs, judged from their events: their failures."""
+    run = ctx.live_run()
+    return phases.run_playbooks(
+        phases.target(run, ctx.scenario, converging=True), ctx.scenario, phase, books, ctx.on_progress
+    )
+
+
 def _verify(ctx: RunContext) -> report.PhaseResult:
-    carried = _carried_verify(ctx)
-    if carried is not None:
-        return carried
+    side_effect = _books(ctx, "side_effect")
+    if side_effect:  # Molecule's side_effect: after idempotence, before the tests that judge what it leaves
+        started = time.monotonic()
+        failed = _on_run(ctx, "verify", side_effect)
+        if failed:
+            return report.PhaseResult("verify", "failed", time.monotonic() - started, failed, "side_effect failed")
+        took = time.monotonic() - started
+        result = _tests(ctx)
+        if result.status == "skipped":  # no tests: the side effect passing is verify's verdict
+            return report.PhaseResult("verify", "passed", took, detail="side_effect passed")
+        result.seconds += took
+        result.detail = f"after side_effect: {result.detail}" if result.detail else "after side_effect"
+        return result
+    return _carried_verify(ctx) or _tests(ctx)
+
+
+def _tests(ctx: RunContext) -> report.PhaseResult:
+    """Verify's tests (and Molecule's verify playbook); a green full verify is recorded."""
     # The quick verdict holds where the idempotence converge changed nothing after it.
     after = ctx.quick_pass if ctx.passed("idempotence") else None
     if ctx.quick_pass is not None and after is None:
@@ -258,7 +293,10 @@ def _verify(ctx: RunContext) -> report.PhaseResult:
     ctx.on_progress("verify", "running the scenario's tests")
     result = phases.verify_phase(ctx.live_run(), ctx.scenario, ctx.select, ctx.on_progress, ctx.quick, after)[0]
     if result.status == "passed" and ctx.select is None and ctx.scenario.provision is not None and not ctx.quick:
-        if ctx.passed("idempotence") or (ctx.scope is not None and ctx.scope.cutoff):
+        # Only the converged state itself (no side effect on it) counts as verified on the checkpoint.
+        if not _books(ctx, "side_effect") and (
+            ctx.passed("idempotence") or (ctx.scope is not None and ctx.scope.cutoff)
+        ):
             phases.mark_verified(ctx.live_run(), ctx.scenario, result.detail)
         # A green converge and verify: what the nodes installed, for `harness bundle build`.
         digest = rehearsal.content_manifest(ctx.scenario).digest
@@ -266,10 +304,36 @@ def _verify(ctx: RunContext) -> report.PhaseResult:
     return result
 
 
+def _cleanup(ctx: RunContext) -> list[report.Failure]:
+    """Molecule's cleanup playbooks before the teardown, also after a failed step, as Molecule runs
+    them; not on a cluster that never came up, nor after an interrupt (the teardown comes first then)."""
+    books = _books(ctx, "cleanup")
+    if not books or not ctx.passed("up") or any(s.name not in ctx.results for s in SEQUENCE[:-1]):
+        return []
+    ctx.on_progress("destroy", "running the cleanup playbooks before the teardown")
+    try:
+        return _on_run(ctx, "destroy", books)
+    except Interrupted:
+        raise
+    except HarnessError as exc:
+        return [report.Failure("cleanup", str(exc))]
+
+
 def _destroy(ctx: RunContext) -> report.PhaseResult:
+    """The teardown, after the cleanup playbooks. A failed cleanup fails this step (exit 14 only when
+    no step before it failed: never hiding the run's own verdict); the cluster is torn down anyway."""
     run = ctx.live_run()
-    ctx.on_progress("destroy", f"tearing down run {run.run_id}")
-    return _timed("destroy", lambda: nodes.teardown(run))
+    cleanup: list[report.Failure] = []
+    try:
+        cleanup = _cleanup(ctx)
+    finally:
+        ctx.on_progress("destroy", f"tearing down run {run.run_id}")
+        result = _timed("destroy", lambda: nodes.teardown(run))
+    if cleanup:
+        result.failures[:0] = cleanup
+        result.detail = "cleanup failed; " + ("torn down" if result.status == "passed" else "teardown failed too")
+        result.status = "failed" if result.status == "passed" else result.status
+    return result
 
 
 def _wants_provision(ctx: RunContext) -> bool:
@@ -288,6 +352,8 @@ def _wants_quick(ctx: RunContext) -> bool:
     playbook, which runs with verify): otherwise verify itself gives the quick verdict first."""
     if ctx.scenario.provision is None or ctx.scenario.tests is None or ctx.scenario.provision.verify_playbook:
         return False
+    if ctx.scenario.provision.side_effect:  # the tests judge the state the side effect leaves, after idempotence
+        return False
     if ctx.scope is not None and ctx.scope.cutoff:
         return False
     return _wants_idempotence(ctx) and _wants_verify(ctx)
@@ -298,7 +364,8 @@ def _wants_verify(ctx: RunContext) -> bool:
     whether the cluster works is worth knowing either way."""
     provisioned = ctx.scenario.provision is None or ctx.passed("provision")
     book = ctx.scenario.provision.verify_playbook if ctx.scenario.provision is not None else None
-    return (ctx.scenario.tests is not None or book is not None) and ctx.passed("up") and provisioned
+    judged = ctx.scenario.tests is not None or book is not None or bool(_books(ctx, "side_effect"))
+    return judged and ctx.passed("up") and provisioned
 
 
 # Each step's condition says what it needs from the steps before it; a step whose condition does

@@ -2,7 +2,8 @@
 
 `translate` reads a Molecule scenario's `molecule.yml` as it is and maps it into the one Scenario
 model (harness.spec): platforms → nodes, `provisioner.inventory` → inventory vars, the playbooks with
-Molecule's defaults (converge.yml, prepare.yml and verify.yml when present), the verifier (testinfra:
+Molecule's defaults (converge.yml; prepare.yml, side_effect.yml, verify.yml and cleanup.yml when
+present; side_effect and cleanup only where `scenario.test_sequence` has them), the verifier (testinfra:
 the scenario's tests directory; ansible: verify.yml, judged from its events). Every mapping and every
 option the harness cannot honour is a note that `harness validate` shows; nothing is dropped silently.
 """
@@ -32,9 +33,19 @@ _NOT_USED = ("dependency", "lint", "log", "prerun", "role_name_check", "shared_s
 _PLAYBOOKS = ("create", "prepare", "converge", "side_effect", "verify", "cleanup", "destroy")
 # Drivers whose platforms (containers) the converge reaches as root.
 _ROOT_DRIVERS = ("docker", "podman")
-_SEQUENCE_RUN = {"dependency", "cleanup", "destroy", "syntax", "create", "prepare", "converge", "verify"}
+# Molecule's default scenario.test_sequence (`molecule test`).
+TEST_SEQUENCE = (
+    "dependency", "cleanup", "destroy", "syntax", "create", "prepare", "converge", "idempotence", "side_effect",
+    "verify", "cleanup", "destroy",
+)  # fmt: skip
+_SEQUENCE_RUN = set(TEST_SEQUENCE)
 # The harness's model key → the molecule.yml key, for messages about the translated scenario.
-_KEYS = (("nodes[", "platforms["), ("provision.playbook", "provisioner.playbooks.converge"))
+_KEYS = (
+    ("nodes[", "platforms["),
+    ("provision.playbook", "provisioner.playbooks.converge"),
+    ("provision.side_effect[0]", "provisioner.playbooks.side_effect"),
+    ("provision.cleanup[0]", "provisioner.playbooks.cleanup"),
+)
 _VAR = re.compile(r"\$\$|\$\{(\w+)(?::?-([^}]*))?\}|\$(\w+)")
 
 
@@ -207,7 +218,11 @@ def _scenario_name(project: Path, name: str) -> str:
     return cleaned[:24].strip("-") or "molecule"
 
 
-def _provision(data: dict[str, Any], sdir: Path, problems: list[str], notes: list[str]) -> dict[str, Any]:
+def _provision(
+    data: dict[str, Any], sdir: Path, sequence: list[str], problems: list[str], notes: list[str]
+) -> dict[str, Any]:
+    """The playbooks, env and verifier; side_effect and cleanup only where `sequence` has them."""
+    out: dict[str, Any] = {}
     prov = _as_dict(data.get("provisioner"), "provisioner", problems)
     if prov.get("name", "ansible") != "ansible":
         problems.append(f"provisioner.name: {prov['name']!r}: only Molecule's ansible provisioner exists")
@@ -218,15 +233,19 @@ def _provision(data: dict[str, Any], sdir: Path, problems: list[str], notes: lis
     for k in ("create", "destroy"):
         if k in given:
             notes.append(f"provisioner.playbooks.{k}: not run; the harness creates and destroys the VMs")
-    for k in ("side_effect", "cleanup"):
-        if k in given:
-            notes.append(f"provisioner.playbooks.{k}: not honoured by the harness (not run)")
+    for k, when in (("side_effect", "at verify, after idempotence, before the tests"), ("cleanup", "before destroy")):
+        book = given.get(k, sdir / f"{k}.yml")
+        if k not in given and not book.is_file():
+            continue
+        if k not in sequence:
+            notes.append(f"provisioner.playbooks.{k}: {book.name} not run (not in scenario.test_sequence)")
+            continue
+        out[k] = [str(book)]
+        notes.append(f"provisioner.playbooks.{k}: {book.name}, run {when}")
     converge = given.get("converge", sdir / "converge.yml")
     prepare = given.get("prepare", sdir / "prepare.yml")
-    out: dict[str, Any] = {
-        "playbook": str(converge),
-        "prepare": [str(PREPARE_BOX)] + ([str(prepare)] if "prepare" in given or prepare.is_file() else []),
-    }
+    out["playbook"] = str(converge)
+    out["prepare"] = [str(PREPARE_BOX)] + ([str(prepare)] if "prepare" in given or prepare.is_file() else [])
     notes.append(f"converge: {converge.name}; prepare: the box's own ({PREPARE_BOX.name}: apt lists, python3, sudo)")
     if len(out["prepare"]) > 1:
         notes[-1] += f", then {prepare.name}"
@@ -261,16 +280,17 @@ def _tests(data: dict[str, Any], sdir: Path, notes: list[str]) -> str | None:
     return str(tests)
 
 
-def _idempotence(data: dict[str, Any], problems: list[str], notes: list[str]) -> bool:
+def _sequence(data: dict[str, Any], problems: list[str], notes: list[str]) -> list[str]:
+    """`scenario.test_sequence`, or Molecule's default: what decides idempotence, side_effect, cleanup."""
     sc = _as_dict(data.get("scenario"), "scenario", problems)
     sequence = sc.get("test_sequence")
     if sequence is None:
-        return True
+        return list(TEST_SEQUENCE)
     steps = _names(sequence, "scenario.test_sequence", problems)
-    left = [s for s in steps if s not in _SEQUENCE_RUN | {"idempotence"}]
+    left = [s for s in steps if s not in _SEQUENCE_RUN]
     if left:
         notes.append(f"scenario.test_sequence: {', '.join(left)} not honoured by the harness")
-    return "idempotence" in steps
+    return steps
 
 
 def translate(path: Path) -> Translation:
@@ -296,8 +316,9 @@ def translate(path: Path) -> Translation:
         groups = inventory.setdefault("group_vars", {})
         groups["all"] = {"ansible_become": True, **groups.get("all", {})}
         notes.append(f"driver {driver['name']!r} logs in as root → ansible_become: true for all")
-    provision = _provision(data, sdir, problems, notes)
-    provision["idempotence"] = _idempotence(data, problems, notes)
+    sequence = _sequence(data, problems, notes)
+    provision = _provision(data, sdir, sequence, problems, notes)
+    provision["idempotence"] = "idempotence" in sequence
     tests = _tests(data, sdir, notes)
     if problems:
         raise SpecError(str(path), problems)

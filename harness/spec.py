@@ -151,6 +151,11 @@ class ProvisionSpec(_Model):
     # Playbooks run once on the fresh cluster before the first converge (Molecule's prepare), not
     # again for idempotence.
     prepare: list[Path] = Field(default_factory=list)
+    # Playbooks run after the idempotence converge, before the tests (Molecule's side_effect): the
+    # tests judge the state they leave, so no quick verdict runs before idempotence.
+    side_effect: list[Path] = Field(default_factory=list)
+    # Playbooks run before the teardown, also after a failed step (Molecule's cleanup); not with --keep.
+    cleanup: list[Path] = Field(default_factory=list)
     # A playbook run at verify, before the tests, judged from its events (Molecule's ansible verifier).
     verify_playbook: Path | None = None
     # Environment variables for every ansible-playbook run and the tests (Molecule's provisioner.env).
@@ -314,8 +319,9 @@ def _semantic_problems(sc: Scenario) -> list[str]:
         for k, rp in enumerate(sc.provision.roles_path):
             paths.append((f"provision.roles_path[{k}]", rp, False, "is not a directory"))
         paths.append(("provision.collections", sc.provision.collections, True, "is not a file"))
-        for k, book in enumerate(sc.provision.prepare):
-            paths.append((f"provision.prepare[{k}]", book, True, "does not exist"))
+        for kind in ("prepare", "side_effect", "cleanup"):
+            for k, book in enumerate(getattr(sc.provision, kind)):
+                paths.append((f"provision.{kind}[{k}]", book, True, "does not exist"))
         paths.append(("provision.verify_playbook", sc.provision.verify_playbook, True, "does not exist"))
     paths.append(("tests", sc.tests, False, "is not a directory"))
     if sc.offline is not None:

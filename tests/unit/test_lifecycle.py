@@ -258,3 +258,125 @@ def test_the_report_names_the_ansible_core_the_run_converged_with(
     assert rep.metadata["ansible_core"] == "2.19.15"
     assert rep.to_dict()["metadata"]["ansible_core"] == "2.19.15"
     assert "Run `r-1`. ansible-core 2.19.15." in report.render_markdown(rep)
+
+
+# --- Molecule's side_effect and cleanup playbooks, with fake converges, playbooks and tests -----------
+
+MOLECULE_BOOKS = SCENARIO.replace("tests: tests\n", "  side_effect: [se.yml]\n  cleanup: [cu.yml]\ntests: tests\n")
+
+
+def _books_ctx(tmp_path: Path, **kw: Any) -> lifecycle.RunContext:
+    for book in ("site.yml", "se.yml", "cu.yml"):
+        (tmp_path / book).write_text("- hosts: all\n  tasks: []\n")
+    (tmp_path / "tests").mkdir(exist_ok=True)
+    return lifecycle.RunContext(parse_scenario(MOLECULE_BOOKS, tmp_path / "s.yml"), **kw)
+
+
+def _real_steps(calls: list[str], fail: set[str]) -> tuple[lifecycle.Step, ...]:
+    """The real sequence, its `up` a fake that brings up nothing."""
+
+    def up(ctx: lifecycle.RunContext) -> report.PhaseResult:
+        ctx.run = RunState("t-000001", "t", "s.yml", "/nonexistent", 1, "up")
+        calls.append("up")
+        return report.PhaseResult("up", "failed" if "up" in fail else "passed", 1.0)
+
+    first = lifecycle.SEQUENCE[0]
+    return (lifecycle.Step("up", first.owner, first.error, first.applies, up), *lifecycle.SEQUENCE[1:])
+
+
+def _fake_books(monkeypatch: pytest.MonkeyPatch, calls: list[str], fail: set[str]) -> None:
+    """Fake converges and tests (_fake_phases), playbooks that record themselves (failing when their
+    name is in `fail`), a teardown that records itself."""
+    from harness import phases
+
+    _fake_phases(monkeypatch, calls)
+
+    def run_playbooks(on: Any, scenario: Any, phase: str, books: list[Path], on_progress: Any) -> list[report.Failure]:
+        calls.extend(f"{phase}:{b.name}" for b in books)
+        return [report.Failure(b.name, f"{b.name} failed") for b in books if b.name in fail]
+
+    def verify_phase(
+        run: Any, scenario: Any, select: Any = None, on_progress: Any = None, quick: bool = False, after: Any = None
+    ) -> tuple[report.PhaseResult, None]:
+        calls.append("verify:quick" if quick else "verify")
+        return report.PhaseResult("verify", "failed" if "tests" in fail else "passed", 1.0), None
+
+    monkeypatch.setattr(phases, "prepare_phase", lambda run, scenario, on_progress: None)
+    monkeypatch.setattr(phases, "run_playbooks", run_playbooks)
+    monkeypatch.setattr(phases, "verify_phase", verify_phase)
+    monkeypatch.setattr(phases, "target", lambda run, scenario, converging=False: None)
+    monkeypatch.setattr(nodes, "teardown", lambda run: calls.append("teardown"))
+
+
+def test_with_a_side_effect_there_is_no_quick_verdict_before_idempotence(tmp_path: Path) -> None:
+    ctx = _books_ctx(tmp_path)
+    ctx.results = {n: report.PhaseResult(n, "passed") for n in ("up", "provision")}
+    assert not lifecycle._wants_quick(ctx)
+    plain = _ctx(tmp_path)  # the same scenario without a side effect
+    plain.results = dict(ctx.results)
+    assert lifecycle._wants_quick(plain)
+
+
+def test_side_effect_runs_after_idempotence_before_the_tests_and_cleanup_before_teardown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Molecule's order: converge, idempotence, side_effect, verify, cleanup, destroy."""
+    calls: list[str] = []
+    _fake_books(monkeypatch, calls, set())
+    rep = lifecycle.execute(_real_steps(calls, set()), _books_ctx(tmp_path))
+    assert calls == [
+        "up", "provision:full", "idempotence", "verify:se.yml", "verify", "destroy:cu.yml", "teardown"
+    ]  # fmt: skip
+    assert rep.phase("quick").status == "skipped" and lifecycle.first_failure(rep) is None
+
+
+def test_a_failed_side_effect_is_verifys_failure_and_the_tests_do_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    _fake_books(monkeypatch, calls, {"se.yml"})
+    rep = lifecycle.execute(_real_steps(calls, set()), _books_ctx(tmp_path))
+    assert "verify" not in calls and calls[-2:] == ["destroy:cu.yml", "teardown"]
+    err = lifecycle.first_failure(rep)
+    assert err is not None and err.exit_code == 13 and "se.yml failed" in str(err)
+
+
+def test_cleanup_runs_after_a_failed_step_and_its_own_failure_never_hides_the_runs_verdict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    _fake_books(monkeypatch, calls, {"tests", "cu.yml"})
+    rep = lifecycle.execute(_real_steps(calls, set()), _books_ctx(tmp_path))
+    assert calls[-2:] == ["destroy:cu.yml", "teardown"]
+    assert rep.phase("destroy").status == "failed" and "cleanup failed" in rep.phase("destroy").detail
+    err = lifecycle.first_failure(rep)
+    assert err is not None and err.exit_code == 13  # the tests' failure, not the cleanup's
+    calls.clear()
+    _fake_books(monkeypatch, calls, {"cu.yml"})
+    rep = lifecycle.execute(_real_steps(calls, set()), _books_ctx(tmp_path))
+    err = lifecycle.first_failure(rep)
+    assert err is not None and err.exit_code == 14 and "cu.yml failed" in str(err)
+    assert "teardown" in calls  # torn down all the same
+
+
+def test_no_cleanup_with_keep_after_a_failed_up_or_after_an_interrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    _fake_books(monkeypatch, calls, set())
+    lifecycle.execute(_real_steps(calls, set()), _books_ctx(tmp_path, keep=True))
+    assert "destroy:cu.yml" not in calls and "teardown" not in calls
+    calls.clear()
+    lifecycle.execute(_real_steps(calls, {"up"}), _books_ctx(tmp_path))
+    assert calls == ["up", "teardown"]
+    calls.clear()
+    steps = _real_steps(calls, set())
+
+    def interrupted(ctx: lifecycle.RunContext) -> report.PhaseResult:
+        raise Interrupted("interrupted")
+
+    idem = steps[3]
+    steps = (*steps[:3], lifecycle.Step(idem.name, idem.owner, idem.error, idem.applies, interrupted), *steps[4:])
+    with pytest.raises(Interrupted):
+        lifecycle.execute(steps, _books_ctx(tmp_path))
+    assert calls == ["up", "provision:full", "teardown"]

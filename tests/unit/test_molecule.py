@@ -85,16 +85,67 @@ def test_multi_platform_groups_children_inventory_links_and_playbooks() -> None:
     assert sc.resolve(sc.provision.playbook) == MULTI / "playbook.yml"
     assert sc.provision.verify_playbook == MULTI / "verify.yml"  # Molecule's default verifier: ansible
     assert sc.provision.idempotence is False  # not in scenario.test_sequence
+    assert sc.provision.side_effect == [MULTI / "side_effect.yml"]
+    assert sc.provision.cleanup == []  # cleanup.yml is there, but not in scenario.test_sequence
     text = "\n".join(tr.notes)
     for said in (
-        "provisioner.playbooks.side_effect: not honoured",
+        "provisioner.playbooks.side_effect: side_effect.yml, run at verify, after idempotence, before the tests",
+        "provisioner.playbooks.cleanup: cleanup.yml not run (not in scenario.test_sequence)",
         "provisioner.config_options: not honoured",
         "platforms[1].interfaces: a driver option the harness does not honour",
         "platforms[0].box: 'debian/bookworm64' is replaced by the harness's box",
         "driver.provider: a driver option",
-        "scenario.test_sequence: side_effect not honoured",
     ):
         assert said in text
+    assert "test_sequence: side_effect" not in text and "not honoured by the harness (not run)" not in text
+
+
+def _scenario_dir(tmp_path: Path, molecule_yml: str, *books: str) -> Path:
+    sdir = tmp_path / "role" / "molecule" / "default"
+    sdir.mkdir(parents=True)
+    for book in ("converge.yml", *books):
+        (sdir / book).write_text("- hosts: all\n  tasks: []\n")
+    (sdir / "molecule.yml").write_text(molecule_yml)
+    return sdir
+
+
+def test_side_effect_and_cleanup_default_to_their_files_in_molecules_default_sequence(tmp_path: Path) -> None:
+    sdir = _scenario_dir(tmp_path, "platforms:\n  - name: one\n", "side_effect.yml", "cleanup.yml")
+    tr = molecule.translate(sdir / "molecule.yml")
+    assert tr.scenario.provision is not None
+    assert tr.scenario.provision.side_effect == [sdir / "side_effect.yml"]
+    assert tr.scenario.provision.cleanup == [sdir / "cleanup.yml"]
+    assert tr.scenario.provision.idempotence is True
+    assert "provisioner.playbooks.cleanup: cleanup.yml, run before destroy" in tr.notes
+
+
+def test_without_their_files_there_is_no_side_effect_and_no_cleanup(tmp_path: Path) -> None:
+    sdir = _scenario_dir(tmp_path, "platforms:\n  - name: one\n")
+    tr = molecule.translate(sdir / "molecule.yml")
+    assert tr.scenario.provision is not None
+    assert (tr.scenario.provision.side_effect, tr.scenario.provision.cleanup) == ([], [])
+    assert not [n for n in tr.notes if "side_effect" in n or "cleanup" in n]
+
+
+def test_named_playbooks_are_used_and_a_sequence_without_them_leaves_them_out(tmp_path: Path) -> None:
+    books = "provisioner:\n  playbooks:\n    side_effect: disturb.yml\n    cleanup: tidy.yml\n"
+    sdir = _scenario_dir(tmp_path, "platforms:\n  - name: one\n" + books, "disturb.yml", "tidy.yml")
+    prov = molecule.translate(sdir / "molecule.yml").scenario.provision
+    assert prov is not None and prov.side_effect == [sdir / "disturb.yml"] and prov.cleanup == [sdir / "tidy.yml"]
+    seq = "scenario:\n  test_sequence: [create, converge, idempotence, verify, cleanup, destroy]\n"
+    (sdir / "molecule.yml").write_text("platforms:\n  - name: one\n" + books + seq)
+    tr = molecule.translate(sdir / "molecule.yml")
+    assert tr.scenario.provision is not None
+    assert tr.scenario.provision.side_effect == [] and tr.scenario.provision.cleanup == [sdir / "tidy.yml"]
+    assert "provisioner.playbooks.side_effect: disturb.yml not run (not in scenario.test_sequence)" in tr.notes
+
+
+def test_a_named_side_effect_that_is_missing_exits_2_under_its_key(tmp_path: Path) -> None:
+    books = "provisioner:\n  playbooks:\n    side_effect: nowhere.yml\n"
+    sdir = _scenario_dir(tmp_path, "platforms:\n  - name: one\n" + books)
+    res = CliRunner().invoke(main, ["validate", "--no-playbook", str(sdir)])
+    assert res.exit_code == 2, res.output
+    assert "provisioner.playbooks.side_effect:" in res.output and "nowhere.yml does not exist" in res.output
 
 
 @pytest.mark.parametrize(
@@ -199,3 +250,38 @@ def test_an_unchanged_molecule_era_testinfra_file_collects(tmp_path: Path) -> No
     assert result.rc == 0, result.stdout + result.stderr
     # testinfra_hosts (bare names from the inventory) connect with the inventory's settings.
     assert "test_default.py::test_marker_file[ansible://instance]" in result.stdout
+
+
+@pytest.mark.ansible  # real ansible-playbook against localhost
+def test_side_effect_and_cleanup_run_for_real_and_are_judged_from_their_events(tmp_path: Path) -> None:
+    from harness import converge, phases
+
+    mark = tmp_path / "disturbed"
+
+    def play(name: str, module: str, args: str) -> str:
+        return f"- hosts: all\n  gather_facts: false\n  tasks:\n    - name: {name}\n      {module}:\n{args}"
+
+    touch = play(
+        "Disturb", "ansible.builtin.file", f"        path: {mark}\n        state: touch\n        mode: '0644'\n"
+    )
+    tidy = play("Tidy", "ansible.builtin.file", f"        path: {mark}\n        state: absent\n")
+    sdir = _scenario_dir(tmp_path, "platforms:\n  - name: node1\n")
+    (sdir / "side_effect.yml").write_text(touch)
+    (sdir / "cleanup.yml").write_text(tidy)
+    sc = molecule.translate(sdir / "molecule.yml").scenario
+    assert sc.provision is not None
+    local = {"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}"}
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump({"all": {"hosts": {"node1": local}}}))
+    on = converge.Target(tmp_path / "inventory.yml", tmp_path / "work", hosts=("node1",))
+    said: list[str] = []
+
+    def progress(_phase: str, msg: str) -> None:
+        said.append(msg)
+
+    assert phases.run_playbooks(on, sc, "verify", sc.provision.side_effect, progress) == []
+    assert mark.exists() and "running side_effect.yml" in said
+    assert phases.run_playbooks(on, sc, "destroy", sc.provision.cleanup, progress) == []
+    assert not mark.exists()
+    (sdir / "side_effect.yml").write_text(play("Break", "ansible.builtin.fail", "        msg: broken\n"))
+    [failure] = phases.run_playbooks(on, sc, "verify", sc.provision.side_effect, progress)
+    assert "node1" in failure.name

@@ -116,3 +116,24 @@ def test_dashed_group_names_are_taken_as_ansible_takes_them(tmp_path: Path) -> N
     sc = parse_scenario(text, tmp_path / "s.yml")
     assert sc.expanded_nodes()[0].groups == ("slurm-master", "kube-node")
     assert list(sc.groups) == ["k8s.workers"]
+
+
+def test_side_effect_and_cleanup_playbooks_are_checked_like_prepare(tmp_path: Path) -> None:
+    """Molecule's side_effect and cleanup: every missing playbook is named under its key, at once."""
+    (tmp_path / "site.yml").write_text("- hosts: all\n")
+    (tmp_path / "disturb.yml").write_text("- hosts: all\n")
+    text = (
+        "name: t\nnodes:\n  - name: a\nprovision:\n  playbook: site.yml\n"
+        "  side_effect: [disturb.yml, gone.yml]\n  cleanup: [tidy.yml]\n"
+    )
+    with pytest.raises(SpecError) as info:
+        parse_scenario(text, tmp_path / "s.yml")
+    assert len(info.value.problems) == 2
+    assert info.value.problems[0].startswith("provision.side_effect[1]: ")
+    assert info.value.problems[0].endswith("gone.yml does not exist")
+    assert info.value.problems[1].startswith("provision.cleanup[0]: ")
+    (tmp_path / "gone.yml").write_text("- hosts: all\n")
+    (tmp_path / "tidy.yml").write_text("- hosts: all\n")
+    prov = parse_scenario(text, tmp_path / "s.yml").provision
+    assert prov is not None and prov.side_effect == [Path("disturb.yml"), Path("gone.yml")]
+    assert prov.cleanup == [Path("tidy.yml")]
