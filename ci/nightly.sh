@@ -27,6 +27,9 @@
 #   must be retried, never blamed on the roles (README "Unreachable nodes"). Measured 2026-12-06,
 #   beside 2-6 other TCG VMs (load median 7.2, max 16.8): 48.5 min from nothing to green.
 # - a node on the Debian 13 box (scenarios/os-debian13, 11 min; the Ubuntu boxes need a mirror).
+# - upstream Kubernetes (tests/vm/test_kubernetes.py, marked nightly): `harness bundle kubernetes`
+#   (about 29 min cold on 2 cores, cached after), then `harness run kubernetes` converged twice with a
+#   busybox pod running on the worker (the first converge took over 25 min under TCG on a shared host).
 # On a KVM host they are far faster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
