@@ -44,7 +44,8 @@ if [ "${HARNESS_VM_LANES:-2}" = 1 ]; then
   exit $rc
 fi
 lanes=$(mktemp -d)
-trap '[ -n "${slurm_pid:-}" ] && kill "$slurm_pid" 2>/dev/null; rm -rf "$lanes"' EXIT
+# (Every command here must succeed: under `set -e` a failing one would become the script's exit code.)
+trap 'if [ -n "${slurm_pid:-}" ]; then kill "$slurm_pid" 2>/dev/null || true; fi; rm -rf "$lanes"' EXIT
 # Each lane its own --basetemp: two pytest sessions never share or prune each other's temp dirs.
 .venv/bin/python -m pytest $slurm_lane --basetemp="$lanes/slurm" "$@" >"$lanes/slurm.log" 2>&1 &
 slurm_pid=$!
