@@ -249,8 +249,7 @@ def _quick(ctx: RunContext) -> report.PhaseResult:
         return report.PhaseResult("quick", phase.status, phase.seconds, phase.failures, phase.detail)
     left = len(result.disturbing) if result.partial else 0
     detail = f"quick verdict: {result.counts}" + (f"; {left} disturbing test(s) left for verify" if left else "")
-    if phase.retries:
-        detail += f" (after {len(phase.retries)} retr{'y' if len(phase.retries) == 1 else 'ies'})"
+    detail = phases.retried(detail, phase.retries)
     return report.PhaseResult("quick", phase.status, phase.seconds, phase.failures, detail, retries=phase.retries)
 
 

@@ -183,11 +183,11 @@ def unreachable_phase(phase: str, conv: Converge, seconds: float) -> PhaseResult
         )
         for host in conv.unreachable
     ]
-    detail = _retried(f"unreachable: {', '.join(conv.unreachable)}", conv.retries)
+    detail = retried(f"unreachable: {', '.join(conv.unreachable)}", conv.retries)
     return PhaseResult(phase, "unreachable", seconds, failures, detail, retries=conv.retries)
 
 
-def _retried(detail: str, retries: list[str]) -> str:
+def retried(detail: str, retries: list[str]) -> str:
     """The detail line, saying how many retries it took (none: unchanged)."""
     if not retries:
         return detail
@@ -279,7 +279,7 @@ def provision_phase(
     result, seconds = conv.result, time.monotonic() - started
     if conv.unreachable:
         return unreachable_phase("provision", conv, seconds)
-    detail = _retried(converge_detail(result), conv.retries)
+    detail = retried(converge_detail(result), conv.retries)
     if plan is not None and not plan.full:
         detail += f"; ran {plan.describe()}"
     failures = provision.converge_verdict(result, "provision")
@@ -307,7 +307,7 @@ def idempotence_phase(
     result, seconds = conv.result, time.monotonic() - started
     if conv.unreachable:
         return unreachable_phase("idempotence", conv, seconds)
-    detail = _retried(converge_detail(result), conv.retries)
+    detail = retried(converge_detail(result), conv.retries)
     if plan is not None and not plan.full:
         detail += f"; ran {plan.describe()}"
     failures = provision.idempotence_verdict(result, "idempotence")
@@ -396,7 +396,7 @@ def verify_on(
             result = run_once()
             seconds += waited.seconds + result.seconds
         log.warning("verify: %s", retries[-1])
-    detail = _retried(result.detail, retries)
+    detail = retried(result.detail, retries)
     status: Status = "passed" if result.ok else "unreachable" if verify.only_unreachable(result.failures) else "failed"
     failures = [] if result.ok else result.failures
     phase = PhaseResult(

@@ -332,7 +332,8 @@ def run_tests(
 
 def _rest(session: _Session, out_dir: Path, after: VerifyResult) -> VerifyResult:
     """The disturbing tests a partial quick verdict left out, then both passes as one verdict."""
-    first = after.quick if after.quick is not None else after
+    first = after.quick  # a partial quick verdict carries its pass (run_tests with quick=True)
+    assert first is not None, "a partial quick verdict has its pass"
     rest = session.run_pass(out_dir / "verify-junit-disturbing.xml", DISTURBING)
     both = _both(first, rest, out_dir / JUNIT_FILE, after.seconds + rest.seconds)
     return _collected_any(both, session.tests_dir, session.select)
